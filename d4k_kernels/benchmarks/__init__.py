@@ -1,0 +1,136 @@
+"""Benchmark cases shared by ``d4k bench`` and the pytest-benchmark suites in bench/.
+
+Each op family has a module here (``haar``, ``wavelet_loss``, ``glcm``, ``upconv``, ...) with
+
+    def cases(device: torch.device, quick: bool = False) -> list[Case]
+
+returning one :class:`Case` per (shape group, implementation): d4k beside its peers. Peers that are
+not installed are simply left out. On CUDA the shapes are the 4K ones of the issues; on the CPU they
+are small so that a run takes a few minutes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+
+FAMILIES = ("haar", "wavelet_loss", "glcm", "upconv", "vae")
+
+
+@dataclasses.dataclass
+class Case:
+    group: str                      # e.g. "dwt2 J=1 (8,16,512,512) bf16"
+    impl: str                       # e.g. "d4k", "pytorch_wavelets", "torch.compile"
+    fn: Callable[[], object]        # runs the work once (no synchronisation needed)
+    bytes_moved: Optional[int] = None  # fewest bytes the work must move (inputs once + outputs once)
+    note: str = ""
+
+    @property
+    def is_d4k(self) -> bool:
+        return self.impl.startswith("d4k")
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda was asked for but torch sees no CUDA GPU")
+    if device not in ("cuda", "cpu"):
+        raise ValueError(f"device must be auto, cuda or cpu, got {device!r}")
+    return torch.device(device)
+
+
+def time_case(fn: Callable[[], object], device: torch.device, quick: bool = False) -> float:
+    """Median time of one call in milliseconds."""
+    if device.type == "cuda":
+        from triton.testing import do_bench
+
+        return float(do_bench(fn, warmup=10 if quick else 25, rep=30 if quick else 100, return_mode="median"))
+    fn()  # warm-up (first-call compilation, allocator)
+    times: List[float] = []
+    budget = 0.5 if quick else 2.0
+    start = time.perf_counter()
+    while len(times) < 3 or (time.perf_counter() - start < budget and len(times) < 200):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def copy_bandwidth(device: torch.device) -> Optional[float]:
+    """Measured device-to-device copy bandwidth in GB/s (read + write), CUDA only."""
+    if device.type != "cuda":
+        return None
+    n = 1 << 28  # 1 GiB of fp32
+    src = torch.empty(n, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    ms = time_case(lambda: dst.copy_(src), device)
+    del src, dst
+    return 2 * n * 4 / (ms * 1e-3) / 1e9
+
+
+def collect(ops: Optional[Sequence[str]], device: torch.device, quick: bool) -> List[Case]:
+    out: List[Case] = []
+    for fam in ops or FAMILIES:
+        if fam not in FAMILIES:
+            raise SystemExit(f"unknown op family {fam!r}; known: {', '.join(FAMILIES)}")
+        try:
+            mod = importlib.import_module(f"d4k_kernels.benchmarks.{fam}")
+        except ModuleNotFoundError as e:
+            if e.name == f"d4k_kernels.benchmarks.{fam}":
+                continue  # no benchmarks for this family yet
+            raise
+        out.extend(mod.cases(device, quick=quick))
+    return out
+
+
+def main(ops=None, device: str = "auto", quick: bool = False, json_path: Optional[str] = None) -> int:
+    dev = resolve_device(device)
+    bw = copy_bandwidth(dev)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
+    print(f"d4k bench on {name} (torch {torch.__version__})"
+          + (f", measured copy bandwidth {bw:.0f} GB/s" if bw else ""), flush=True)
+    cases = collect(ops, dev, quick)
+    if not cases:
+        print("no benchmark cases found", file=sys.stderr)
+        return 1
+    rows: List[Dict] = []
+    groups: Dict[str, List[Case]] = {}
+    for c in cases:
+        groups.setdefault(c.group, []).append(c)
+    for group, cs in groups.items():
+        res = []
+        for c in cs:
+            try:
+                ms = time_case(c.fn, dev, quick)
+                err = ""
+            except Exception as e:  # a peer failing (e.g. compile) must not stop the table
+                ms, err = float("nan"), f"{type(e).__name__}: {str(e).splitlines()[0][:60] if str(e) else ''}"
+            res.append((c, ms, err))
+        d4k_ms = next((ms for c, ms, _ in res if c.is_d4k), float("nan"))
+        for c, ms, err in res:
+            row = {"group": group, "impl": c.impl, "ms": ms, "vs_d4k": ms / d4k_ms if d4k_ms == d4k_ms else None,
+                   "bytes": c.bytes_moved, "error": err}
+            if bw and c.bytes_moved and ms == ms:
+                row["pct_bw"] = 100.0 * c.bytes_moved / (ms * 1e-3) / 1e9 / bw
+            rows.append(row)
+        _print_group(group, [r for r in rows if r["group"] == group])
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump({"device": name, "torch": torch.__version__, "copy_GBps": bw, "rows": rows}, f, indent=1)
+    return 0
+
+
+def _print_group(group: str, rows: List[Dict]) -> None:
+    print(f"\n{group}")
+    for r in rows:
+        ms = f"{r['ms']:10.4f} ms" if r["ms"] == r["ms"] else "     failed"
+        ratio = f"{r['vs_d4k']:7.2f}x" if r.get("vs_d4k") and r["ms"] == r["ms"] else "        "
+        bw = f"{r['pct_bw']:5.1f}% bw" if "pct_bw" in r else ""
+        print(f"  {r['impl']:<24}{ms}  {ratio} {bw} {r['error']}".rstrip(), flush=True)

@@ -1,0 +1,61 @@
+"""The ``d4k`` command.
+
+    d4k bench [--op haar] [--device auto|cuda|cpu] [--quick]   time the ops beside their peers
+    d4k eval DIR [--size 2048] ...                            GLCM Score and Compression Ratio
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="time d4k ops beside their peers and print a table")
+    p.add_argument("--op", action="append", default=None,
+                   help="op family to run (repeatable); default: all that have benchmarks")
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    p.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run)")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+
+    def run(args) -> int:
+        from .benchmarks import main as bench_main
+
+        return bench_main(ops=args.op, device=args.device, quick=args.quick, json_path=args.json)
+
+    p.set_defaults(func=run)
+
+
+def _add_eval(sub) -> None:
+    try:
+        from .metrics.cli import add_eval_parser
+    except ImportError as e:  # the metrics family is not installed in this build
+        p = sub.add_parser("eval", help="GLCM Score and Compression Ratio of a folder of images")
+        p.set_defaults(func=lambda args, e=e: _fail(f"d4k eval is unavailable: {e}"))
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        return
+    add_eval_parser(sub)
+
+
+def _fail(msg: str) -> int:
+    print(msg, file=sys.stderr)
+    return 2
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="d4k", description="d4k-kernels command line")
+    parser.add_argument("--version", action="version", version=f"d4k-kernels {__version__}")
+    sub = parser.add_subparsers(dest="command")
+    _add_bench(sub)
+    _add_eval(sub)
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
