@@ -121,6 +121,7 @@ def main(ops=None, device: str = "auto", quick: bool = False, json_path: Optiona
                 row["pct_bw"] = 100.0 * c.bytes_moved / (ms * 1e-3) / 1e9 / bw
             rows.append(row)
         _print_group(group, [r for r in rows if r["group"] == group])
+    _print_summary(rows)
     if json_path:
         with open(json_path, "w") as f:
             json.dump({"device": name, "torch": torch.__version__, "copy_GBps": bw, "rows": rows}, f, indent=1)
@@ -134,3 +135,25 @@ def _print_group(group: str, rows: List[Dict]) -> None:
         ratio = f"{r['vs_d4k']:7.2f}x" if r.get("vs_d4k") and r["ms"] == r["ms"] else "        "
         bw = f"{r['pct_bw']:5.1f}% bw" if "pct_bw" in r else ""
         print(f"  {r['impl']:<24}{ms}  {ratio} {bw} {r['error']}".rstrip(), flush=True)
+
+
+def _print_summary(rows: List[Dict]) -> None:
+    """One line per group: d4k's time, the fastest peer, and how many times faster d4k is."""
+    print("\nsummary (median ms; speed-up = fastest peer / d4k)")
+    print(f"  {'group':<44}{'d4k':>10}  {'fastest peer':<22}{'peer':>10}{'speed-up':>10}{'%bw':>7}")
+    groups: Dict[str, List[Dict]] = {}
+    for r in rows:
+        groups.setdefault(r["group"], []).append(r)
+    for g, rs in groups.items():
+        d = next((r for r in rs if r["impl"].startswith("d4k")), None)
+        peers = [r for r in rs if not r["impl"].startswith("d4k") and r["ms"] == r["ms"]]
+        best = min(peers, key=lambda r: r["ms"]) if peers else None
+        dms = d["ms"] if d else float("nan")
+        line = f"  {g[:43]:<44}{dms:>10.4f}  "
+        if best:
+            line += f"{best['impl'][:21]:<22}{best['ms']:>10.4f}{best['ms'] / dms:>9.2f}x"
+        else:
+            line += f"{'-':<22}{'':>10}{'':>10}"
+        if d and "pct_bw" in d:
+            line += f"{d['pct_bw']:>6.1f}%"
+        print(line)
