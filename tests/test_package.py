@@ -1,0 +1,172 @@
+"""The package's own plumbing: backend dispatch, input checks, lazy exports, the d4k CLI and the
+benchmark runner."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import d4k_kernels
+from d4k_kernels import _checks, backend
+from d4k_kernels import benchmarks as bm
+from d4k_kernels.cli import main as cli_main
+
+
+# --- backend ---------------------------------------------------------------------------------
+
+def test_cpu_tensor_runs_cpu_path_when_preferred():
+    with backend.prefer("cpu"):
+        assert backend.select(torch.zeros(1)) == "cpu"
+
+
+def test_default_for_cpu_tensor_follows_interpreter(monkeypatch):
+    monkeypatch.delenv("D4K_BACKEND", raising=False)
+    expected = "triton" if (backend.HAS_TRITON and backend.interpreter_enabled()) else "cpu"
+    assert backend.select(torch.zeros(1)) == expected
+
+
+def test_prefer_triton_without_interpreter_raises(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setenv("D4K_TRITON_INTERPRET", "0")
+    with backend.prefer("triton"):
+        with pytest.raises(RuntimeError, match="cannot run here"):
+            backend.select(torch.zeros(1))
+
+
+def test_prefer_is_scoped_and_nests():
+    with backend.prefer("cpu"):
+        with backend.prefer("triton"):
+            assert backend._preference() == "triton"
+        assert backend._preference() == "cpu"
+
+
+def test_env_backend(monkeypatch):
+    monkeypatch.setenv("D4K_BACKEND", "cpu")
+    assert backend.select(torch.zeros(1)) == "cpu"
+    monkeypatch.setenv("D4K_BACKEND", "gpu-please")
+    with pytest.raises(ValueError, match="gpu-please"):
+        backend.select(torch.zeros(1))
+
+
+def test_unknown_backend_name():
+    with pytest.raises(ValueError, match="'cuda'"):
+        with backend.prefer("cuda"):
+            pass
+
+
+@pytest.mark.cuda
+def test_cuda_tensor_runs_triton():
+    assert backend.select(torch.zeros(1, device="cuda")) == "triton"
+
+
+# --- input checks ----------------------------------------------------------------------------
+
+def test_check_tensor_messages():
+    with pytest.raises(TypeError, match="x must be a torch.Tensor, got list"):
+        _checks.check_tensor([1.0], "x")
+    with pytest.raises(TypeError, match="int64"):
+        _checks.check_tensor(torch.zeros(2, dtype=torch.int64), "x", dtypes=_checks.FLOAT_DTYPES)
+    with pytest.raises(ValueError, match=r"\(2,\)"):
+        _checks.check_tensor(torch.zeros(2), "x", min_dim=2)
+    with pytest.raises(ValueError, match="4 dimensions"):
+        _checks.check_tensor(torch.zeros(2, 3), "x", ndim=4)
+    x = torch.zeros(1, 2)
+    assert _checks.check_tensor(x, "x", dtypes=_checks.FLOAT_DTYPES, ndim=2) is x
+
+
+def test_check_same_and_scalars():
+    a, b = torch.zeros(2, 3), torch.zeros(3, 2)
+    with pytest.raises(ValueError, match=r"b has shape \(3, 2\) but a has shape \(2, 3\)"):
+        _checks.check_same([a, b], ["a", "b"])
+    with pytest.raises(TypeError, match="dtype"):
+        _checks.check_same([a, a.double()], ["a", "c"], dtype=True)
+    with pytest.raises(TypeError, match="True"):
+        _checks.check_int(True, "levels")
+    with pytest.raises(ValueError, match="levels must be >= 1, got 0"):
+        _checks.check_int(0, "levels", lo=1)
+    with pytest.raises(ValueError, match="'bogus'"):
+        _checks.check_choice("bogus", "mode", ("zero", "symmetric"))
+    assert _checks.check_int(3, "levels", lo=1, hi=5) == 3
+
+
+# --- lazy exports ----------------------------------------------------------------------------
+
+def test_every_promised_export_resolves():
+    missing = []
+    for name in d4k_kernels._EXPORTS:
+        try:
+            getattr(d4k_kernels, name)
+        except (AttributeError, ImportError) as e:
+            missing.append(f"{name}: {e}")
+    assert not missing, missing
+
+
+def test_unknown_attribute():
+    with pytest.raises(AttributeError, match="no_such_op"):
+        d4k_kernels.no_such_op  # noqa: B018
+
+
+# --- CLI and benchmark runner ----------------------------------------------------------------
+
+def test_cli_version_and_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli_main(["--version"])
+    assert e.value.code == 0
+    assert d4k_kernels.__version__ in capsys.readouterr().out
+    assert cli_main([]) == 2
+
+
+def test_cli_bench_unknown_family():
+    with pytest.raises(SystemExit, match="unknown op family 'nope'"):
+        cli_main(["bench", "--op", "nope", "--device", "cpu", "--quick"])
+
+
+def test_bench_runner_table_and_json(tmp_path, monkeypatch, capsys):
+    calls = {"d4k": 0, "peer": 0}
+
+    def fake_cases(device, quick=False):
+        def d4k():
+            calls["d4k"] += 1
+            return torch.ones(64).sum()
+
+        def peer():
+            calls["peer"] += 1
+            return torch.ones(64).cumsum(0)
+
+        def broken():
+            raise RuntimeError("peer exploded")
+
+        return [bm.Case("fake (64,) fp32", "d4k", d4k, 256), bm.Case("fake (64,) fp32", "torch", peer, 256),
+                bm.Case("fake (64,) fp32", "broken-peer", broken)]
+
+    monkeypatch.setattr(bm, "collect", lambda ops, device, quick: fake_cases(device, quick))
+    out = tmp_path / "r.json"
+    assert bm.main(ops=["haar"], device="cpu", quick=True, json_path=str(out)) == 0
+    text = capsys.readouterr().out
+    assert "fake (64,) fp32" in text and "summary" in text and "failed" in text and "peer exploded" in text
+    data = json.loads(out.read_text())
+    rows = {r["impl"]: r for r in data["rows"]}
+    assert rows["d4k"]["ms"] > 0 and rows["torch"]["ms"] > 0
+    assert rows["d4k"]["vs_d4k"] == pytest.approx(1.0)
+    assert rows["broken-peer"]["error"].startswith("RuntimeError")
+    assert calls["d4k"] >= 4 and calls["peer"] >= 4  # warm-up + at least 3 timed calls
+
+
+def test_time_case_median_is_positive():
+    ms = bm.time_case(lambda: torch.randn(1000).sort(), torch.device("cpu"), quick=True)
+    assert 0 < ms < 1000
+
+
+def test_resolve_device_rejects_bad_name():
+    with pytest.raises(ValueError, match="'tpu'"):
+        bm.resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="no CUDA GPU"):
+            bm.resolve_device("cuda")
+
+
+def test_d4k_entry_point_runs_as_module():
+    r = subprocess.run([sys.executable, "-m", "d4k_kernels.cli", "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "bench" in r.stdout and "eval" in r.stdout
