@@ -1,0 +1,185 @@
+"""Compiled extensions built at first use (torch.utils.cpp_extension + ninja) and cached.
+
+``load_extension(name, sources)`` finds the C++/CUDA sources both in the repository layout
+(``csrc/``, ``bindings/`` beside the package) and in an installed wheel (packages
+``d4k_kernels._csrc`` / ``d4k_kernels._bindings``, see setup.py), builds them once per source
+version / torch / Python / CPU into a cache directory and imports the module.
+
+Cache directory (first that is set):
+    $D4K_EXT_DIR, $TORCH_EXTENSIONS_DIR/d4k_kernels, ~/.cache/d4k_kernels/ext  (+ a per-ABI tag)
+Environment:
+    D4K_NO_EXT=1        never build or load compiled extensions (the torch fallbacks run)
+    D4K_EXT_VERBOSE=1   show the compiler output
+
+A failure (no compiler, no ninja, a compile error) returns ``None`` with one warning per
+extension, unless ``required=True`` (then :class:`ExtensionError` is raised with the reason).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import os
+import platform
+import shutil
+import sys
+import threading
+import warnings
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+__all__ = ["ExtensionError", "load_extension", "find_source", "cache_dir", "ext_disabled", "failure"]
+
+_TRUE = ("1", "true", "yes", "on")
+_PKG_FOR_DIR = {"csrc": "d4k_kernels._csrc", "bindings": "d4k_kernels._bindings"}
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+_lock = threading.Lock()
+_loaded: Dict[str, object] = {}
+_failed: Dict[str, str] = {}
+
+
+class ExtensionError(RuntimeError):
+    """A compiled extension could not be built or loaded."""
+
+
+def ext_disabled() -> bool:
+    return os.environ.get("D4K_NO_EXT", "0").strip().lower() in _TRUE
+
+
+def find_source(rel: str) -> Path:
+    """Path of a source such as ``"csrc/glcm.cpp"``: the repository file, else the wheel's copy."""
+    top, _, fname = rel.partition("/")
+    if top not in _PKG_FOR_DIR or not fname:
+        raise ValueError(f"source {rel!r} must be under csrc/ or bindings/")
+    p = _REPO_ROOT / top / fname
+    if p.is_file():
+        return p
+    try:
+        res = importlib.resources.files(_PKG_FOR_DIR[top]).joinpath(fname)
+        if res.is_file():
+            return Path(str(res))
+    except (ModuleNotFoundError, FileNotFoundError, TypeError):
+        pass
+    raise ExtensionError(f"source file {rel!r} not found (looked in {_REPO_ROOT / top} and package {_PKG_FOR_DIR[top]})")
+
+
+def _cpu_tag() -> str:
+    """Builds use -march=native: key the cache on the CPU's feature flags too."""
+    info = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features", "model name")):
+                    info += line
+                if line.strip() == "":
+                    break
+    except OSError:
+        pass
+    return hashlib.sha1(info.encode()).hexdigest()[:8]
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("D4K_EXT_DIR")
+    if base:
+        root = Path(base)
+    elif os.environ.get("TORCH_EXTENSIONS_DIR"):
+        root = Path(os.environ["TORCH_EXTENSIONS_DIR"]) / "d4k_kernels"
+    else:
+        root = Path(os.path.expanduser("~")) / ".cache" / "d4k_kernels" / "ext"
+    tv = torch.__version__.split("+")[0].replace(".", "")
+    tag = f"py{sys.version_info[0]}{sys.version_info[1]}_torch{tv}_{platform.machine()}_{_cpu_tag()}"
+    return root / tag
+
+
+def failure(name: str) -> Optional[str]:
+    """Why extension ``name`` is unavailable (None when it loaded or was never tried)."""
+    return _failed.get(name)
+
+
+def _default_cflags() -> List[str]:
+    flags = ["-O3", "-std=c++17"]
+    if platform.machine() in ("x86_64", "AMD64", "aarch64", "arm64"):
+        flags.append("-march=native")
+    return flags
+
+
+def load_extension(
+    name: str,
+    sources: Sequence[str],
+    *,
+    extra_cflags: Sequence[str] = (),
+    extra_cuda_cflags: Sequence[str] = (),
+    extra_ldflags: Sequence[str] = (),
+    required: bool = False,
+    warn: bool = True,
+):
+    """Build (once) and import extension ``name`` from ``sources`` (paths like ``"csrc/x.cpp"``).
+
+    Returns the Python module, or ``None`` when building is disabled or fails (one warning per
+    name) unless ``required``."""
+    with _lock:
+        if name in _loaded:
+            return _loaded[name]
+        if name in _failed and not required:
+            return None
+        try:
+            mod = _build(name, sources, list(extra_cflags), list(extra_cuda_cflags), list(extra_ldflags))
+        except Exception as e:  # noqa: BLE001 - any failure means "use the fallback"
+            reason = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+            _failed[name] = reason
+            if required:
+                raise ExtensionError(f"d4k extension {name!r} is unavailable: {reason}") from e
+            if warn:
+                warnings.warn(
+                    f"d4k_kernels: compiled extension {name!r} is unavailable ({reason}); "
+                    "using the slower torch fallback. Set D4K_NO_EXT=1 to silence this.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            return None
+        _loaded[name] = mod
+        return mod
+
+
+def _build(name, sources, cflags, cuda_cflags, ldflags):
+    if ext_disabled():
+        raise ExtensionError("disabled by D4K_NO_EXT=1")
+    paths = [find_source(s) for s in sources]
+    with_cuda = any(p.suffix == ".cu" for p in paths)
+    if with_cuda and not torch.cuda.is_available():
+        raise ExtensionError("CUDA sources need a CUDA build of torch and a GPU")
+    cxx = os.environ.get("CXX", "c++")
+    if shutil.which(cxx) is None:
+        raise ExtensionError(f"no C++ compiler ({cxx!r} not on PATH)")
+    from torch.utils import cpp_extension
+
+    if not cpp_extension.is_ninja_available():
+        raise ExtensionError("ninja is not installed (pip install ninja)")
+    cflags = _default_cflags() + cflags
+    h = hashlib.sha1()
+    for p in paths:
+        h.update(p.read_bytes())
+    h.update(" ".join(cflags + cuda_cflags + ldflags).encode())
+    modname = f"d4k_{name}_{h.hexdigest()[:10]}"
+    bdir = cache_dir() / modname
+    bdir.mkdir(parents=True, exist_ok=True)
+    verbose = os.environ.get("D4K_EXT_VERBOSE", "0").lower() in _TRUE
+    return cpp_extension.load(
+        name=modname,
+        sources=[str(p) for p in paths],
+        extra_cflags=cflags,
+        extra_cuda_cflags=["-O3"] + cuda_cflags,
+        extra_ldflags=ldflags,
+        build_directory=str(bdir),
+        with_cuda=with_cuda,
+        verbose=verbose,
+    )
+
+
+def _reset_for_tests() -> None:
+    """Forget loaded/failed extensions (tests of the cache / fallback behaviour)."""
+    with _lock:
+        _loaded.clear()
+        _failed.clear()
