@@ -1,0 +1,678 @@
+"""Exact tiled decoding for diffusers AutoencoderKL-family decoders (SPEC.md §4).
+
+Why diffusers' ``enable_tiling()`` is not exact: every tile runs the whole decoder, so each of the
+decoder's GroupNorms normalises with the statistics of its tile, and the mid-block attention sees
+only its tile. Here:
+
+* ``post_quant_conv``, ``conv_in`` and the mid-block (with its attention) run on the whole latent
+  (it is small: 1/64 of the output pixels);
+* the up path runs in tiles. A tile is a *core* (the tiles' cores partition the latent) plus a
+  halo of at least the up path's receptive field (13 latent pixels for Flux / SD3 / SDXL). Each
+  3x3 conv shrinks the valid window of a tile by its reach (except at the image border, where the
+  zero padding is the real one), each nearest x2 doubles every coordinate; the window bookkeeping
+  is exact for any latent size (the last tile row/column may be smaller);
+* every GroupNorm of the up path (and ``conv_norm_out``) is normalised with the statistics of the
+  whole tensor: the tiles run *layer-synchronously*. Each tile is a Python generator that runs up
+  to the next GroupNorm, hands its partial sums (sum, sum of squares, over its CORE only, in
+  float64) and its live state to the driver and waits; the driver sums the partials of all tiles,
+  finalises mean / rstd, and resumes every tile. Between two GroupNorms a tile's state (its
+  activation and, inside a ResNet block, the residual branch) stays on the device while the
+  memory budget allows, otherwise it is parked in pinned CPU memory (asynchronous copies).
+
+Nothing is recomputed except the halos; see bench/NOTES_vae.md for the memory model.
+
+Public API: :func:`tiled_decode`, :class:`ExactTiledDecoder`, :func:`parse_memory`,
+:func:`required_halo`.
+"""
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .._checks import check_int, check_tensor
+
+__all__ = ["tiled_decode", "ExactTiledDecoder", "TilePlan", "parse_memory", "required_halo", "DEFAULT_MAX_MEMORY"]
+
+DEFAULT_MAX_MEMORY = 8 * 2**30  # 8 GiB
+
+
+# ----------------------------------------------------------------------------------------------
+# the small op interface: plain torch, or the d4k kernels (ops/groupnorm.py, ops/upconv.py)
+# ----------------------------------------------------------------------------------------------
+
+class TorchOps:
+    """Plain torch GroupNorm statistics / apply and the decoder tail (the reference path)."""
+
+    name = "torch"
+
+    @staticmethod
+    def stats(x: torch.Tensor, num_groups: int, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(N, G, 2) float64 [sum, sum of squares] of x per (sample, group); added into ``out``."""
+        n = x.shape[0]
+        xf = x.reshape(n, num_groups, -1).to(torch.float64)
+        s = torch.stack([xf.sum(-1), (xf * xf).sum(-1)], dim=-1)
+        if out is None:
+            return s
+        out += s
+        return out
+
+    @staticmethod
+    def finalize(stats: torch.Tensor, count: int, eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
+        mean = stats[..., 0] / count
+        var = (stats[..., 1] / count - mean * mean).clamp_min(0)
+        rstd = torch.rsqrt(var + eps)
+        return mean.to(torch.float32), rstd.to(torch.float32)
+
+    @staticmethod
+    def apply(x, mean, rstd, weight, bias, num_groups, act=None):
+        """GroupNorm with the given statistics (computed in fp32, rounded to x.dtype like
+        nn.GroupNorm), then ``act`` on the x.dtype result (as the diffusers decoder does)."""
+        n, c = x.shape[:2]
+        xf = x.reshape(n, num_groups, -1).to(torch.float32)
+        y = (xf - mean[..., None]) * rstd[..., None]
+        y = y.reshape(x.shape)
+        shape = (1, c) + (1,) * (x.dim() - 2)
+        if weight is not None:
+            y = y * weight.to(torch.float32).reshape(shape)
+        if bias is not None:
+            y = y + bias.to(torch.float32).reshape(shape)
+        y = y.to(x.dtype)
+        return act(y) if act is not None else y
+
+    @classmethod
+    def upconv_tail(cls, x, mean, rstd, gn_weight, gn_bias, conv_weight, conv_bias, num_groups,
+                    act=None, partitioned=True):
+        """GN-apply -> act -> nearest x2 -> conv3x3 over the 2x grid of x, zero padded as the
+        SC-VAE tail: partitioned pads (top 2, left 2) of the upsampled map, plain pads 1 all round."""
+        y = cls.apply(x, mean, rstd, gn_weight, gn_bias, num_groups, act=act)
+        y = F.interpolate(y, scale_factor=2.0, mode="nearest")
+        y = F.pad(y, (2, 0, 2, 0) if partitioned else (1, 1, 1, 1))
+        return F.conv2d(y, conv_weight, conv_bias)
+
+
+class KernelOps(TorchOps):
+    """The d4k Triton kernels (ops/groupnorm.py, ops/upconv.py) where they apply."""
+
+    name = "d4k"
+
+    def __init__(self):
+        from ..ops import groupnorm, upconv  # noqa: F401  (ImportError -> not available)
+
+        self._gn = groupnorm
+        self._up = upconv
+
+    def stats(self, x, num_groups, out=None):
+        return self._gn.group_norm_stats(x, num_groups, out=out)
+
+    def finalize(self, stats, count, eps):
+        return self._gn.group_norm_finalize(stats, count, eps)
+
+    def apply(self, x, mean, rstd, weight, bias, num_groups, act=None):
+        if act is None or isinstance(act, nn.SiLU):
+            return self._gn.group_norm_apply(x, mean, rstd, weight, bias, num_groups, silu=act is not None)
+        return TorchOps.apply(x, mean, rstd, weight, bias, num_groups, act=act)
+
+    def upconv_tail(self, x, mean, rstd, gn_weight, gn_bias, conv_weight, conv_bias, num_groups,
+                    act=None, partitioned=True):
+        if not isinstance(act, nn.SiLU):
+            return TorchOps.upconv_tail(x, mean, rstd, gn_weight, gn_bias, conv_weight, conv_bias,
+                                        num_groups, act=act, partitioned=partitioned)
+        return self._up.upconv_tail(x, mean, rstd, gn_weight, gn_bias, conv_weight, conv_bias, num_groups,
+                                    partitioned=partitioned)
+
+
+_KERNEL_OPS: Optional[object] = None
+
+
+def kernels_available() -> bool:
+    global _KERNEL_OPS
+    if _KERNEL_OPS is None:
+        try:
+            _KERNEL_OPS = KernelOps()
+        except Exception:  # not landed yet / triton missing
+            _KERNEL_OPS = False
+    return _KERNEL_OPS is not False
+
+
+def get_ops(device: torch.device, use_kernels: Optional[bool] = None):
+    """TorchOps, or KernelOps when ``use_kernels`` (default: the kernels are importable and the
+    tensors are on CUDA)."""
+    if use_kernels is None:
+        use_kernels = device.type == "cuda" and kernels_available()
+    if use_kernels:
+        if not kernels_available():
+            raise RuntimeError("use_kernels=True but d4k_kernels.ops.groupnorm / ops.upconv cannot be imported")
+        return _KERNEL_OPS
+    return TorchOps
+
+
+# ----------------------------------------------------------------------------------------------
+# memory sizes
+# ----------------------------------------------------------------------------------------------
+
+_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_memory(v: Union[int, float, str, None]) -> Optional[int]:
+    """Bytes from 8589934592, "8GiB", "8 GB", "512MiB" (None stays None)."""
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        raise TypeError(f"max_memory must be bytes (int) or a string like '8GiB', got {v!r}")
+    if isinstance(v, (int, float)):
+        if v <= 0:
+            raise ValueError(f"max_memory must be positive, got {v!r}")
+        return int(v)
+    if isinstance(v, str):
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", v)
+        if m and m.group(2).lower() in _UNITS and float(m.group(1)) > 0:
+            return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    raise ValueError(f"max_memory must be bytes (int) or a string like '8GiB' / '512MB', got {v!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# decoder structure
+# ----------------------------------------------------------------------------------------------
+
+def _check_conv3(conv, what):
+    if not isinstance(conv, nn.Conv2d) or conv.kernel_size != (3, 3) or conv.stride != (1, 1) \
+            or conv.dilation != (1, 1) or conv.groups != 1 or conv.padding_mode != "zeros":
+        raise ValueError(f"exact tiling supports 3x3 stride-1 zero-padded convs only; {what} is {conv!r}")
+
+
+def _check_gn(norm, what):
+    if not isinstance(norm, nn.GroupNorm):
+        raise ValueError(f"exact tiling needs nn.GroupNorm layers; {what} is {type(norm).__name__}")
+
+
+def check_decoder(dec: nn.Module) -> None:
+    """Raise ValueError unless ``dec`` is a decoder this module can tile exactly."""
+    for name in ("conv_in", "mid_block", "up_blocks", "conv_norm_out", "conv_act", "conv_out"):
+        if not hasattr(dec, name):
+            raise ValueError(f"{type(dec).__name__} is not a diffusers AutoencoderKL-style decoder (no {name!r})")
+    _check_gn(dec.conv_norm_out, "decoder.conv_norm_out (SpatialNorm decoders are not supported)")
+    _check_conv3(dec.conv_out, "decoder.conv_out")
+    for i, block in enumerate(dec.up_blocks):
+        if not hasattr(block, "resnets") or getattr(block, "attentions", None):
+            raise ValueError(f"up_blocks[{i}] ({type(block).__name__}) is not supported: need resnets + "
+                             "upsamplers and no attention (UpDecoderBlock2D)")
+        for j, r in enumerate(block.resnets):
+            what = f"up_blocks[{i}].resnets[{j}]"
+            if getattr(r, "upsample", None) is not None or getattr(r, "downsample", None) is not None \
+                    or getattr(r, "time_emb_proj", None) is not None or not getattr(r, "pre_norm", True):
+                raise ValueError(f"{what} ({type(r).__name__}) has up/down sampling, a time embedding or "
+                                 "post-norm: not supported")
+            for n in ("norm1", "norm2"):
+                _check_gn(getattr(r, n, None), f"{what}.{n}")
+            _check_conv3(r.conv1, f"{what}.conv1")
+            _check_conv3(r.conv2, f"{what}.conv2")
+            sc = getattr(r, "conv_shortcut", None)
+            if sc is not None and (not isinstance(sc, nn.Conv2d) or sc.kernel_size != (1, 1) or sc.stride != (1, 1)):
+                raise ValueError(f"{what}.conv_shortcut must be a 1x1 conv, got {sc!r}")
+        ups = getattr(block, "upsamplers", None) or []
+        if len(ups) > 1:
+            raise ValueError(f"up_blocks[{i}] has {len(ups)} upsamplers; expected at most one")
+        for u in ups:
+            if getattr(u, "use_conv_transpose", False) or getattr(u, "norm", None) is not None \
+                    or not getattr(u, "interpolate", True) or not getattr(u, "use_conv", False):
+                raise ValueError(f"up_blocks[{i}].upsamplers[0] must be nearest x2 + conv (Upsample2D(use_conv=True))")
+            _check_conv3(_up_conv(u), f"up_blocks[{i}].upsamplers[0].conv")
+    stride = getattr(dec, "stride", 1)
+    if stride not in (1, 2):
+        raise ValueError(f"decoder stride must be 1 or 2, got {stride!r}")
+
+
+def _up_conv(u):
+    return u.conv if getattr(u, "name", "conv") == "conv" else u.Conv2d_0
+
+
+def _tail(dec):
+    """(stride, partitioned) of a decoder's tail: stride 2 = SC-VAE (extra nearest x2 at the end)."""
+    return getattr(dec, "stride", 1), bool(getattr(dec, "partitioned", True))
+
+
+def required_halo(dec: nn.Module) -> int:
+    """Latent pixels of context a tile needs on each side: the up path's receptive field (13 for
+    Flux / SD3 / SDXL; 13 for the SC-VAE F16 too), computed from the decoder's layers."""
+    stride, part = _tail(dec)
+    # margins (before, after) needed at the current resolution, walking the up path backwards
+    if stride == 2:
+        b, a = (2, 0) if part else (1, 1)
+        b, a = math.ceil(b / 2), math.ceil(a / 2)
+    else:
+        b, a = 1, 1
+    for block in reversed(list(dec.up_blocks)):
+        if getattr(block, "upsamplers", None):
+            b, a = math.ceil((b + 1) / 2), math.ceil((a + 1) / 2)
+        n = 2 * len(block.resnets)
+        b, a = b + n, a + n
+    return max(b, a)
+
+
+def _scale(dec) -> int:
+    s = 2 ** sum(1 for b in dec.up_blocks if getattr(b, "upsamplers", None))
+    return s * _tail(dec)[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# tiles and their windows
+# ----------------------------------------------------------------------------------------------
+
+class _Tile:
+    """A tile tensor (N, C, h, w) that holds rows [y0, y1) and columns [x0, x1) of the full
+    (H, W) tensor at the current resolution; its core [cy0, cy1) x [cx0, cx1) is the part it owns."""
+
+    __slots__ = ("t", "y0", "y1", "x0", "x1", "H", "W", "cy0", "cy1", "cx0", "cx1")
+
+    def __init__(self, t, y0, y1, x0, x1, H, W, core):
+        self.t, self.y0, self.y1, self.x0, self.x1, self.H, self.W = t, y0, y1, x0, x1, H, W
+        self.cy0, self.cy1, self.cx0, self.cx1 = core
+        if t is not None and tuple(t.shape[-2:]) != (y1 - y0, x1 - x0):
+            raise AssertionError(f"tile tensor {tuple(t.shape)} does not match window {(y0, y1, x0, x1)}")
+        if not (y0 <= self.cy0 and self.cy1 <= y1 and x0 <= self.cx0 and self.cx1 <= x1):
+            raise RuntimeError(f"halo too small: window {(y0, y1, x0, x1)} does not cover core "
+                               f"{(self.cy0, self.cy1, self.cx0, self.cx1)} (increase halo)")
+
+    @property
+    def core_box(self):
+        return (self.cy0, self.cy1, self.cx0, self.cx1)
+
+    def core(self) -> torch.Tensor:
+        return self.t[..., self.cy0 - self.y0:self.cy1 - self.y0, self.cx0 - self.x0:self.cx1 - self.x0]
+
+    def new(self, t, y0, y1, x0, x1, H=None, W=None, core=None):
+        return _Tile(t, y0, y1, x0, x1, self.H if H is None else H, self.W if W is None else W,
+                     self.core_box if core is None else core)
+
+    def crop(self, y0, y1, x0, x1) -> "_Tile":
+        t = self.t[..., y0 - self.y0:y1 - self.y0, x0 - self.x0:x1 - self.x0]
+        return self.new(t, y0, y1, x0, x1)
+
+    def up2(self, t) -> "_Tile":
+        c = self.core_box
+        return _Tile(t, 2 * self.y0, 2 * self.y1, 2 * self.x0, 2 * self.x1, 2 * self.H, 2 * self.W,
+                     tuple(2 * v for v in c))
+
+
+def _conv_range(a: int, b: int, n: int, pb: int):
+    """1-D bookkeeping of a 3-tap conv on the rows [a, b) of a length-n signal whose full-tensor
+    conv is out[i] = sum_k w[k] u[i + k - pb] (u = 0 outside [0, n); output length n).
+    Returns (lo, hi, src_lo, src_hi, pad_before, pad_after): the output rows [lo, hi) this window
+    computes exactly, and the input rows to read plus the zero rows to add."""
+    lo = 0 if a == 0 else a + pb
+    hi = n if b == n else b + pb - 2
+    if hi <= lo:
+        raise RuntimeError(f"tile window [{a}, {b}) of {n} is too small for its conv (halo too small)")
+    s0, s1 = lo - pb, hi - pb + 2
+    src_lo, src_hi = max(s0, a), min(s1, b)
+    return lo, hi, src_lo, src_hi, src_lo - s0, s1 - src_hi
+
+
+def _conv3_tile(x: _Tile, conv: nn.Conv2d, pb: int = 1) -> _Tile:
+    ly, hy, sy0, sy1, py0, py1 = _conv_range(x.y0, x.y1, x.H, pb)
+    lx, hx, sx0, sx1, px0, px1 = _conv_range(x.x0, x.x1, x.W, pb)
+    t = x.t[..., sy0 - x.y0:sy1 - x.y0, sx0 - x.x0:sx1 - x.x0]
+    if py0 or py1 or px0 or px1:
+        t = F.pad(t, (px0, px1, py0, py1))
+    out = F.conv2d(t, conv.weight, conv.bias)
+    return x.new(out, ly, hy, lx, hx)
+
+
+def _crop_upconv(x: _Tile, out: torch.Tensor, pb: int) -> _Tile:
+    """``out`` is an upconv computed over the 2x grid of the whole tile with the full-tensor zero
+    padding; keep the rows/cols whose inputs were all inside the tile (or truly outside the image)."""
+    ly, hy = _conv_range(2 * x.y0, 2 * x.y1, 2 * x.H, pb)[:2]
+    lx, hx = _conv_range(2 * x.x0, 2 * x.x1, 2 * x.W, pb)[:2]
+    oy, ox = 2 * x.y0, 2 * x.x0
+    t = out[..., ly - oy:hy - oy, lx - ox:hx - ox]
+    c = x.core_box
+    return _Tile(t, ly, hy, lx, hx, 2 * x.H, 2 * x.W, tuple(2 * v for v in c))
+
+
+# ----------------------------------------------------------------------------------------------
+# the per-tile program (a generator that yields at every GroupNorm)
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class _Req:
+    stats: torch.Tensor      # (N, G, 2) float64 partial sums over the tile's core
+    count: int               # elements per group in the core
+    norm: nn.GroupNorm
+    live: List[_Tile]        # the tile's state while it waits (the driver may park it)
+
+
+def _gn_request(ops, x: _Tile, norm: nn.GroupNorm, live: List[_Tile]) -> _Req:
+    core = x.core()
+    G = norm.num_groups
+    cnt = (core.shape[1] // G) * core.shape[-2] * core.shape[-1]
+    return _Req(ops.stats(core, G), cnt, norm, live)
+
+
+def _tile_program(dec, ops, x: _Tile):
+    """Runs the up path + tail of ``dec`` on one tile; yields a _Req at each GroupNorm and expects
+    (mean, rstd) back; returns the output tile."""
+    for block in dec.up_blocks:
+        for r in block.resnets:
+            live = [x]
+            mean, rstd = yield _gn_request(ops, x, r.norm1, live)
+            x = live[0]
+            h = x.new(ops.apply(x.t, mean, rstd, r.norm1.weight, r.norm1.bias, r.norm1.num_groups,
+                                act=r.nonlinearity), x.y0, x.y1, x.x0, x.x1)
+            h = _conv3_tile(h, r.conv1)
+            # the residual branch, cropped to what conv2 can still produce
+            res = x.crop(h.y0, h.y1, h.x0, h.x1)
+            if r.conv_shortcut is not None:
+                res = res.new(r.conv_shortcut(res.t), res.y0, res.y1, res.x0, res.x1)
+            live = [res, h]
+            x = None
+            mean, rstd = yield _gn_request(ops, h, r.norm2, live)
+            res, h = live
+            h = h.new(ops.apply(h.t, mean, rstd, r.norm2.weight, r.norm2.bias, r.norm2.num_groups,
+                                act=r.nonlinearity), h.y0, h.y1, h.x0, h.x1)
+            h = h.new(r.dropout(h.t), h.y0, h.y1, h.x0, h.x1)
+            h = _conv3_tile(h, r.conv2)
+            res = res.crop(h.y0, h.y1, h.x0, h.x1)
+            out = res.t + h.t
+            if r.output_scale_factor != 1:
+                out = out / r.output_scale_factor
+            x = h.new(out, h.y0, h.y1, h.x0, h.x1)
+            res = h = out = None
+        for u in getattr(block, "upsamplers", None) or []:
+            t = F.interpolate(x.t, scale_factor=2.0, mode="nearest")
+            x = _conv3_tile(x.up2(t), _up_conv(u))
+    norm = dec.conv_norm_out
+    live = [x]
+    mean, rstd = yield _gn_request(ops, x, norm, live)
+    x = live[0]
+    stride, part = _tail(dec)
+    if stride == 1:
+        h = x.new(ops.apply(x.t, mean, rstd, norm.weight, norm.bias, norm.num_groups, act=dec.conv_act),
+                  x.y0, x.y1, x.x0, x.x1)
+        return _conv3_tile(h, dec.conv_out)
+    pb = 2 if part else 1
+    out = ops.upconv_tail(x.t, mean, rstd, norm.weight, norm.bias, dec.conv_out.weight, dec.conv_out.bias,
+                          norm.num_groups, act=dec.conv_act, partitioned=part)
+    return _crop_upconv(x, out, pb)
+
+
+# ----------------------------------------------------------------------------------------------
+# parking tile state between GroupNorms
+# ----------------------------------------------------------------------------------------------
+
+class _Store:
+    """Keeps parked tensors on the device while they fit ``device_bytes``, else in pinned CPU memory."""
+
+    def __init__(self, device: torch.device, device_bytes: Optional[int]):
+        self.device = device
+        self.limit = device_bytes
+        self.on_device = 0
+        self.offloaded = 0  # bytes moved to the host (statistics)
+
+    def park(self, t: torch.Tensor):
+        nb = t.numel() * t.element_size()
+        if self.device.type == "cpu" or self.limit is None or self.on_device + nb <= self.limit:
+            self.on_device += nb
+            return ("dev", t, nb)
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=torch.cuda.is_available())
+        host.copy_(t, non_blocking=True)
+        self.offloaded += nb
+        return ("host", host, nb)
+
+    def unpark(self, h) -> torch.Tensor:
+        kind, t, nb = h
+        if kind == "dev":
+            self.on_device -= nb
+            return t
+        return t.to(self.device, non_blocking=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# planning: tile size from the memory budget
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class TilePlan:
+    tile: int                   # core size in latent pixels
+    halo: int                   # latent pixels of context on each side
+    tiles: List[Tuple[int, int, int, int]]  # latent cores (y0, y1, x0, x1)
+    budget: Optional[int]       # bytes, None = unbounded
+    est_fixed: int              # bytes: weights + whole-latent mid-block + output image
+    est_tile: int               # bytes: working set of one tile
+    state_budget: Optional[int]  # bytes of parked state allowed on the device
+
+    @property
+    def n_tiles(self) -> int:
+        return len(self.tiles)
+
+
+def _stages(dec) -> List[Tuple[int, int]]:
+    """(scale, channels) of the widest tensor at each resolution of the up path."""
+    out, s = [], 1
+    c_prev = dec.conv_in.out_channels
+    for block in dec.up_blocks:
+        c = max(c_prev, max(r.conv1.out_channels for r in block.resnets))
+        out.append((s, c))
+        c_prev = block.resnets[-1].conv2.out_channels
+        if getattr(block, "upsamplers", None):
+            s *= 2
+            out.append((s, c_prev))
+    if _tail(dec)[0] == 2:
+        out.append((2 * s, max(c_prev, dec.conv_out.out_channels)))
+    return out
+
+
+def estimate_tile_bytes(dec, n: int, tile: int, halo: int, itemsize: int) -> int:
+    """Peak working bytes of one tile: the widest activation at each scale times a factor that
+    covers the input, the fp32 GroupNorm temporaries, the conv output and the residual."""
+    peak = 0
+    for s, c in _stages(dec):
+        side = s * (tile + 2 * halo)
+        peak = max(peak, n * c * side * side * (4 * itemsize + 8))
+    return peak
+
+
+def estimate_fixed_bytes(dec, z_shape, itemsize: int, out_itemsize: Optional[int] = None) -> int:
+    n, _, h, w = z_shape
+    params = sum(p.numel() * p.element_size() for p in dec.parameters())
+    c_mid = dec.conv_in.out_channels
+    mid = 8 * n * c_mid * h * w * itemsize  # mid-block activations + attention workspace
+    s = _scale(dec)
+    out = n * dec.conv_out.out_channels * h * w * s * s * (out_itemsize or itemsize)
+    return params + mid + out
+
+
+def _partition(n: int, t: int) -> List[Tuple[int, int]]:
+    return [(i, min(i + t, n)) for i in range(0, n, t)]
+
+
+def plan_tiles(dec, z_shape, dtype, *, tile: Optional[int] = None, max_memory=None,
+               halo: Optional[int] = None, device: Optional[torch.device] = None) -> TilePlan:
+    """Choose the tile size (latent pixels) from ``max_memory`` (default 8 GiB; on CUDA at most the
+    free memory) unless ``tile`` is given, and list the tiles."""
+    n, _, h, w = z_shape
+    need = required_halo(dec)
+    if halo is None:
+        halo = need
+    check_int(halo, "halo", lo=need)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    budget = parse_memory(max_memory)
+    if budget is None:
+        budget = DEFAULT_MAX_MEMORY
+        if device is not None and device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            budget = min(budget, int(free * 0.9) + torch.cuda.memory_allocated(device))
+    fixed = estimate_fixed_bytes(dec, z_shape, itemsize)
+    if tile is None:
+        avail = budget - fixed
+        tile = 8
+        for cand in range(8, max(h, w) + 8, 8):
+            # half of what is left for one tile's working set, the rest for parked state
+            if estimate_tile_bytes(dec, n, cand, halo, itemsize) <= avail / 2:
+                tile = cand
+            else:
+                break
+        if estimate_tile_bytes(dec, n, tile, halo, itemsize) > max(avail, 0):
+            warnings.warn(f"max_memory={budget} bytes is probably too small for an exact tiled decode of a "
+                          f"{tuple(z_shape)} latent (estimated fixed {fixed} + tile "
+                          f"{estimate_tile_bytes(dec, n, tile, halo, itemsize)} bytes); using tile={tile}")
+        tile = min(tile, max(h, w))
+    check_int(tile, "tile", lo=1)
+    est_tile = estimate_tile_bytes(dec, n, tile, halo, itemsize)
+    state_budget = max(0, budget - fixed - est_tile)
+    tiles = [(y0, y1, x0, x1) for (y0, y1) in _partition(h, tile) for (x0, x1) in _partition(w, tile)]
+    return TilePlan(tile, halo, tiles, budget, fixed, est_tile, state_budget)
+
+
+# ----------------------------------------------------------------------------------------------
+# the driver
+# ----------------------------------------------------------------------------------------------
+
+def _n_groupnorms(dec) -> int:
+    return 2 * sum(len(b.resnets) for b in dec.up_blocks) + 1
+
+
+class ExactTiledDecoder:
+    """Exact tiled decode with a diffusers AutoencoderKL-family decoder (``vae.decoder``).
+
+    ``post_quant_conv`` (optional) is applied to the whole latent first, as AutoencoderKL._decode does.
+    ``tile``: core size in latent pixels (default: from ``max_memory``); ``halo``: context in
+    latent pixels (default and minimum: the receptive field); ``max_memory``: bytes or "8GiB";
+    ``progress``: tqdm bar (None = only on a terminal and for more than one tile);
+    ``use_kernels``: the d4k GroupNorm / upconv kernels (None = when importable and on CUDA);
+    ``offload``: park tile state in pinned CPU memory when it does not fit the budget
+    (None/True) or never (False).
+    """
+
+    def __init__(self, decoder: nn.Module, post_quant_conv: Optional[nn.Module] = None, *,
+                 tile: Optional[int] = None, max_memory=None, halo: Optional[int] = None,
+                 progress: Optional[bool] = None, use_kernels: Optional[bool] = None,
+                 offload: Optional[bool] = None):
+        check_decoder(decoder)
+        if tile is not None:
+            check_int(tile, "tile", lo=1)
+        if halo is not None:
+            check_int(halo, "halo", lo=required_halo(decoder))
+        parse_memory(max_memory)
+        self.decoder = decoder
+        self.post_quant_conv = post_quant_conv
+        self.tile, self.max_memory, self.halo = tile, max_memory, halo
+        self.progress, self.use_kernels, self.offload = progress, use_kernels, offload
+        self.last_plan: Optional[TilePlan] = None
+        self.last_offloaded_bytes = 0
+
+    def plan(self, z: torch.Tensor) -> TilePlan:
+        return plan_tiles(self.decoder, tuple(z.shape), z.dtype, tile=self.tile, max_memory=self.max_memory,
+                          halo=self.halo, device=z.device)
+
+    @torch.no_grad()
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        check_tensor(z, "z", ndim=4)
+        dec = self.decoder
+        if z.shape[1] != dec.conv_in.in_channels:
+            raise ValueError(f"z has {z.shape[1]} channels but the decoder expects {dec.conv_in.in_channels}")
+        plan = self.plan(z)
+        self.last_plan = plan
+        ops = get_ops(z.device, self.use_kernels)
+        if self.post_quant_conv is not None:
+            z = self.post_quant_conv(z)
+        x = dec.conv_in(z)
+        x = dec.mid_block(x, None)
+        x = x.to(next(iter(dec.up_blocks.parameters())).dtype)
+        n, _, h, w = x.shape
+        H, W, halo = h, w, plan.halo
+        s = _scale(dec)
+        out = None
+        gens, pending = [], []
+        for (y0, y1, x0, x1) in plan.tiles:
+            wy0, wy1, wx0, wx1 = max(0, y0 - halo), min(H, y1 + halo), max(0, x0 - halo), min(W, x1 + halo)
+            t = _Tile(x[..., wy0:wy1, wx0:wx1], wy0, wy1, wx0, wx1, H, W, (y0, y1, x0, x1))
+            gens.append(_tile_program(dec, ops, t))
+            pending.append(None)
+        del x, t
+        store = _Store(z.device, None if self.offload is False else plan.state_budget)
+        steps = _n_groupnorms(dec) + 1
+        bar = None
+        if self.progress or (self.progress is None and len(gens) > 1):
+            try:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=steps * len(gens), desc="d4k exact tiled decode",
+                           disable=None if self.progress is None else False, leave=False)
+            except ImportError:  # pragma: no cover
+                bar = None
+        try:
+            for step in range(steps):
+                total, count, norm = None, 0, None
+                reqs: List[Optional[_Req]] = []
+                for i, g in enumerate(gens):
+                    sent = pending[i]
+                    try:
+                        if sent is None:
+                            req = next(g)
+                        else:
+                            live_h, mean, rstd = sent
+                            req_live = live_h[0]
+                            for k, hd in enumerate(live_h[1]):
+                                req_live[k].t = store.unpark(hd)
+                            req = g.send((mean, rstd))
+                    except StopIteration as stop:
+                        res: _Tile = stop.value
+                        if out is None:
+                            out = torch.empty((n, res.t.shape[1], H * s, W * s), dtype=res.t.dtype, device=res.t.device)
+                        cy0, cy1, cx0, cx1 = res.core_box
+                        out[..., cy0:cy1, cx0:cx1] = res.core()
+                        pending[i] = None
+                        reqs.append(None)
+                        if bar is not None:
+                            bar.update(1)
+                        continue
+                    if total is None:
+                        total = req.stats.clone()
+                        norm = req.norm
+                    else:
+                        if req.norm is not norm:
+                            raise AssertionError("tiles went out of step")
+                        total += req.stats
+                    count += req.count
+                    # park the tile's state until every tile has reached this GroupNorm
+                    handles = [store.park(tl.t) for tl in req.live]
+                    for tl in req.live:
+                        tl.t = None
+                    pending[i] = [req.live, handles]
+                    req.stats = None
+                    reqs.append(req)
+                    if bar is not None:
+                        bar.update(1)
+                if norm is None:
+                    break
+                mean, rstd = ops.finalize(total, count, norm.eps)
+                for i in range(len(gens)):
+                    live, handles = pending[i]
+                    pending[i] = ((live, handles), mean, rstd)
+        finally:
+            if bar is not None:
+                bar.close()
+        self.last_offloaded_bytes = store.offloaded
+        if out is None:  # pragma: no cover
+            raise AssertionError("tiled decode produced no output")
+        return out
+
+
+def tiled_decode(vae_or_decoder: nn.Module, z: torch.Tensor, *, tile: Optional[int] = None, max_memory=None,
+                 halo: Optional[int] = None, progress: Optional[bool] = None,
+                 use_kernels: Optional[bool] = None, offload: Optional[bool] = None) -> torch.Tensor:
+    """Exact tiled decode of latents ``z`` (already unscaled, as AutoencoderKL.decode takes them)
+    with a diffusers AutoencoderKL (or SCAutoencoderKL), or with a bare decoder (no post_quant_conv).
+    Returns the image tensor (N, C, H*s, W*s), equal to the untiled decode."""
+    dec = getattr(vae_or_decoder, "decoder", vae_or_decoder)
+    pqc = getattr(vae_or_decoder, "post_quant_conv", None) if dec is not vae_or_decoder else None
+    return ExactTiledDecoder(dec, pqc, tile=tile, max_memory=max_memory, halo=halo, progress=progress,
+                             use_kernels=use_kernels, offload=offload)(z)
