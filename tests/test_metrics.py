@@ -16,7 +16,7 @@ skfeature = pytest.importorskip("skimage.feature")
 skmeasure = pytest.importorskip("skimage.measure")
 skdata = pytest.importorskip("skimage.data")
 
-from d4k_kernels import metrics  # noqa: E402
+from d4k_kernels import backend, metrics  # noqa: E402
 from d4k_kernels.metrics import (  # noqa: E402
     ImageLoadError,
     compression_ratio,
@@ -277,7 +277,14 @@ def test_top_level_export():
 
 
 # ----------------------------------------------------------------------------- GLCM Score of files / tensors
-def test_glcm_score_image_file_matches_paper_loop(files):
+@pytest.fixture
+def cpu_path():
+    """The compiled C++ / torch GLCM path for CPU tensors (not the Triton interpreter): fast."""
+    with backend.prefer("cpu"):
+        yield
+
+
+def test_glcm_score_image_file_matches_paper_loop(files, cpu_path):
     for key in ["rgb_png", "jpg", "gray_png"]:
         ref = ref_score_file(files[key], SIZE)
         got = glcm_score_image(files[key], size=SIZE, patch=64, device="cpu")
@@ -285,21 +292,23 @@ def test_glcm_score_image_file_matches_paper_loop(files):
         assert abs(got - ref) <= 1e-12, key
 
 
-def test_glcm_score_image_tensors_match_paper_loop(seed):
+def test_glcm_score_image_tensors_match_paper_loop(seed, backend_device):
+    _, dev = backend_device
     rgb = np.stack([natural_rgb(seed + k) for k in range(2)])
     refs = [ref_score_gray(cv2.cvtColor(rgb[k], cv2.COLOR_RGB2GRAY), SIZE) for k in range(2)]
-    t = torch.from_numpy(rgb)
+    t = torch.from_numpy(rgb).to(dev)
     got = glcm_score_image(t.permute(0, 3, 1, 2), size=SIZE)          # (N,3,H,W) RGB, non-contiguous
-    assert got.dtype == torch.float64 and got.shape == (2,)
+    assert got.dtype == torch.float64 and got.shape == (2,) and got.device == dev
+    got = got.cpu()
     assert torch.allclose(got, torch.tensor(refs, dtype=torch.float64), rtol=0, atol=1e-12)
     bgr = t.flip(-1)
     assert abs(glcm_score_image(bgr[1], size=SIZE, order="bgr") - refs[1]) <= 1e-12
     g = torch.from_numpy(np.stack([cv2.cvtColor(rgb[k], cv2.COLOR_RGB2GRAY) for k in range(2)]))
-    assert torch.allclose(glcm_score_image(g, size=SIZE, gray=True), got, rtol=0, atol=1e-12)
-    assert abs(glcm_score_image(g[0].numpy(), size=SIZE, gray=True) - refs[0]) <= 1e-12
+    assert torch.allclose(glcm_score_image(g.to(dev), size=SIZE, gray=True).cpu(), got, rtol=0, atol=1e-12)
+    assert abs(glcm_score_image(g[0].numpy(), size=SIZE, gray=True, device=dev) - refs[0]) <= 1e-12
 
 
-def test_glcm_score_files_and_errors(files):
+def test_glcm_score_files_and_errors(files, cpu_path):
     ps = [files["rgb_png"], files["gray_png"]]
     got = metrics.glcm_score_files(ps, size=SIZE, device="cpu", workers=2)
     ref = torch.tensor([ref_score_file(p, SIZE) for p in ps], dtype=torch.float64)
@@ -314,3 +323,17 @@ def test_glcm_score_files_and_errors(files):
         glcm_score_image(files["rgb_png"], size=100, patch=64)
     with pytest.raises(ValueError, match="gray=True"):
         glcm_score_image(torch.zeros(2, SIZE, SIZE, 3, dtype=torch.uint8), size=SIZE, gray=True)
+
+
+def test_eval_gray_crop_both_paths_match_opencv(seed, monkeypatch):
+    from d4k_kernels.metrics import evaluate as ev
+
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 256, (37, 45, 3), dtype=np.uint8)
+    ref = cv2.cvtColor(np.ascontiguousarray(img[:32, :32]), cv2.COLOR_BGR2GRAY)
+    a = ev._gray_crop(img, 32)
+    monkeypatch.setattr(ev, "_import_cv2", lambda: None)
+    b = ev._gray_crop(img, 32)
+    for g in (a, b):
+        assert g.dtype == np.uint8 and g.shape == (32, 32) and g.flags.c_contiguous
+        assert np.array_equal(g, ref)

@@ -31,7 +31,7 @@ import torch
 from .. import backend as _backend
 from .._checks import check_choice, check_int
 from .gray import rgb_to_gray
-from .io import ImageLoadError, list_images, load_image
+from .io import ImageLoadError, _import_cv2, list_images, load_image
 
 __all__ = [
     "ImageRecord",
@@ -180,9 +180,20 @@ def _prepare(path: str, size: int) -> Tuple[ImageRecord, Optional[np.ndarray]]:
         rec.status = "skipped"
         rec.reason = f"too small: {rec.width}x{rec.height} < {size}x{size}"
         return rec, None
-    gray = rgb_to_gray(img[:size, :size], order="bgr", channels="last")
     rec.compression_ratio = size * size * 3 / rec.file_bytes
-    return rec, np.ascontiguousarray(gray)
+    return rec, _gray_crop(img, size)
+
+
+def _gray_crop(img_bgr: np.ndarray, size: int) -> np.ndarray:
+    """OpenCV-exact gray of the top-left size x size crop, uint8 (size, size), C-contiguous.
+
+    cv2.cvtColor when OpenCV is there (about 10x faster on the CPU than the int32 torch code, and
+    equal to it for all 2^24 colours, which tests/test_metrics.py checks), else rgb_to_gray."""
+    crop = img_bgr[:size, :size]
+    cv2 = _import_cv2()
+    if cv2 is not None:
+        return cv2.cvtColor(np.ascontiguousarray(crop), cv2.COLOR_BGR2GRAY)
+    return np.ascontiguousarray(rgb_to_gray(crop, order="bgr", channels="last"))
 
 
 class _Scorer:
@@ -390,7 +401,7 @@ def glcm_score_image(
         t = torch.from_numpy(np.ascontiguousarray(arr[:size, :size]))
         t = t.to(resolve_device("auto" if device is None else device))
         g = rgb_to_gray(t, order="bgr", channels="last")
-        return float(glcm_score(g, size=size, patch=patch)[0])
+        return float(glcm_score(g, size=size, patch=patch))  # 0-d for an (H, W) input
     t = torch.from_numpy(image) if isinstance(image, np.ndarray) else image
     if device is not None:
         t = t.to(resolve_device(device))
@@ -403,7 +414,7 @@ def glcm_score_image(
         g = rgb_to_gray(t, order=order, channels=channels)
         single = g.dim() == 2
     s = glcm_score(g, size=size, patch=patch)
-    return float(s[0]) if single else s
+    return float(s) if single else s
 
 
 def glcm_score_files(
