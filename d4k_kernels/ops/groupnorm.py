@@ -1,0 +1,362 @@
+"""GroupNorm with statistics that can be gathered over tiles (exact tiled VAE decoding).
+
+Three steps, so that a tiled decoder can normalise every tile with the statistics of the WHOLE tensor:
+
+    stats = group_norm_stats(x, G)                    # (N, G, 2) float64: [sum, sum of squares]
+    # ... or, over tile cores:  stats = torch.zeros(N, G, 2, dtype=float64); for each core view v:
+    #                           group_norm_stats(v, G, out=stats)
+    mean, rstd = group_norm_finalize(stats, count_per_group=(C // G) * H * W, eps=1e-6)   # (N, G) fp32
+    y = group_norm_apply(x, mean, rstd, weight, bias, G, silu=True)    # = silu(F.group_norm(x, G, w, b, eps))
+
+Numerics of the statistics (cancellation in the sum of squares for large means): the Triton kernel
+never forms a raw fp32 sum of squares. Each program reads a contiguous run of one (sample, group),
+computes per chunk the chunk mean and the CENTRED second moment M2 = sum((x - chunk_mean)^2) in fp32,
+and merges chunks with Chan's parallel (count, mean, M2) update in fp32. The per-program triples are
+written to a buffer (no atomics: deterministic) and reduced on the host in float64 into
+``sum = sum_b n_b * mean_b`` and ``sumsq = sum_b (M2_b + n_b * mean_b^2)``. The remaining cancellation
+(``sumsq / n - mean^2`` in :func:`group_norm_finalize`) happens in float64, so the variance keeps about
+16 - 2*log10(|mean| / std) significant digits: ~8 digits even at a mean 10^4 times the std.
+The torch path (CPU, or float64 inputs) is a two-pass float64 computation (mean, then centred M2).
+
+Dispatch: :func:`d4k_kernels.backend.select` - CUDA tensors run the Triton kernels, CPU tensors the torch
+path (or the Triton kernels under the interpreter). float64 inputs always take the torch path.
+
+Autograd: decoding is inference, so the Triton kernels have no backward. When a gradient is needed
+(grad mode on and an input requires grad), :func:`group_norm_apply` runs its plain, differentiable torch
+path instead; :func:`group_norm_stats` never carries a gradient (its float64 sums are statistics).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+
+from .. import backend
+from .._checks import check_int, check_tensor
+
+try:  # pragma: no cover - import guarded for triton-less installs
+    import triton
+    import triton.language as tl
+except Exception:  # pragma: no cover
+    triton = None
+    tl = None
+
+__all__ = ["group_norm_stats", "group_norm_finalize", "group_norm_apply"]
+
+_X_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+# --------------------------------------------------------------------------------------------------
+# input checks
+# --------------------------------------------------------------------------------------------------
+def _check_x_groups(x, num_groups, name="x"):
+    check_tensor(x, name, dtypes=_X_DTYPES, ndim=4)
+    check_int(num_groups, "num_groups", lo=1)
+    C = x.shape[1]
+    if C % num_groups != 0:
+        raise ValueError(f"{name} has {C} channels, which is not divisible by num_groups={num_groups}")
+    return C // num_groups
+
+
+def _check_mean_rstd(x, mean, rstd, num_groups):
+    N = x.shape[0]
+    for t, n in ((mean, "mean"), (rstd, "rstd")):
+        check_tensor(t, n, dtypes=(torch.float32, torch.float64, torch.bfloat16, torch.float16), ndim=2)
+        if tuple(t.shape) != (N, num_groups):
+            raise ValueError(f"{n} must have shape (N, num_groups) = {(N, num_groups)}, got {tuple(t.shape)}")
+        if t.device != x.device:
+            raise ValueError(f"{n} is on {t.device} but x is on {x.device}")
+
+
+def _check_affine(x, weight, bias, wname="weight", bname="bias"):
+    C = x.shape[1]
+    for t, n in ((weight, wname), (bias, bname)):
+        if t is None:
+            continue
+        check_tensor(t, n, dtypes=_X_DTYPES, ndim=1)
+        if t.shape[0] != C:
+            raise ValueError(f"{n} must have shape ({C},) to match x's {C} channels, got {tuple(t.shape)}")
+        if t.device != x.device:
+            raise ValueError(f"{n} is on {t.device} but x is on {x.device}")
+
+
+def _needs_grad(*ts) -> bool:
+    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in ts)
+
+
+def channel_scale_shift(mean, rstd, weight, bias, num_groups, C, dtype=torch.float32):
+    """Per-(sample, channel) affine ``y = x * scale + shift`` equal to GroupNorm apply, shape (N, C) each."""
+    N = mean.shape[0]
+    cg = C // num_groups
+    r = rstd.to(dtype).repeat_interleave(cg, dim=1)
+    m = mean.to(dtype).repeat_interleave(cg, dim=1)
+    scale = r if weight is None else r * weight.to(dtype).view(1, C)
+    shift = -m * scale
+    if bias is not None:
+        shift = shift + bias.to(dtype).view(1, C)
+    return scale.reshape(N, C).contiguous(), shift.reshape(N, C).contiguous()
+
+
+# --------------------------------------------------------------------------------------------------
+# Triton kernels
+# --------------------------------------------------------------------------------------------------
+if triton is not None:
+
+    @triton.jit
+    def _gn_stats_kernel(
+        x_ptr, part_ptr,
+        C_G, HW, W, GROUP_SIZE,
+        sxn, sxc, sxh, sxw,
+        G, ITERS, N_PROGS,
+        CONTIG: tl.constexpr, BLOCK: tl.constexpr,
+    ):
+        # one program: a contiguous run of ITERS * BLOCK elements of one (sample, group)
+        pid_b = tl.program_id(0)
+        pid_ng = tl.program_id(1)
+        n = pid_ng // G
+        g = pid_ng % G
+        base = n.to(tl.int64) * sxn + (g * C_G).to(tl.int64) * sxc
+        start = pid_b.to(tl.int64) * ITERS * BLOCK
+        offs = tl.arange(0, BLOCK)
+        cnt = tl.zeros((), dtype=tl.float32)
+        mean = tl.zeros((), dtype=tl.float32)
+        m2 = tl.zeros((), dtype=tl.float32)
+        for it in range(ITERS):
+            e = start + it * BLOCK + offs  # int64 flat index inside the group
+            mask = e < GROUP_SIZE
+            if CONTIG:
+                addr = base + e
+            else:
+                c = e // HW
+                hw = e - c * HW
+                h = hw // W
+                w = hw - h * W
+                addr = base + c * sxc + h * sxh + w * sxw
+            v = tl.load(x_ptr + addr, mask=mask, other=0.0).to(tl.float32)
+            nb = tl.sum(mask.to(tl.float32), axis=0)
+            mb = tl.sum(v, axis=0) / tl.maximum(nb, 1.0)
+            d = tl.where(mask, v - mb, 0.0)
+            m2b = tl.sum(d * d, axis=0)
+            ntot = cnt + nb
+            delta = mb - mean
+            frac = nb / tl.maximum(ntot, 1.0)
+            mean = mean + delta * frac
+            m2 = m2 + m2b + delta * delta * cnt * frac
+            cnt = ntot
+        out = part_ptr + (pid_ng.to(tl.int64) * N_PROGS + pid_b) * 3
+        tl.store(out, cnt)
+        tl.store(out + 1, mean)
+        tl.store(out + 2, m2)
+
+    @triton.jit
+    def _gn_apply_kernel(
+        x_ptr, y_ptr, scale_ptr, shift_ptr,
+        C, HW, W,
+        sxn, sxc, sxh, sxw,
+        SILU: tl.constexpr, CONTIG: tl.constexpr, BLOCK: tl.constexpr,
+    ):
+        pid_s = tl.program_id(0)
+        pid_nc = tl.program_id(1)  # n * C + c
+        n = pid_nc // C
+        c = pid_nc % C
+        a = tl.load(scale_ptr + pid_nc)
+        b = tl.load(shift_ptr + pid_nc)
+        e = pid_s.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = e < HW
+        if CONTIG:
+            src = n.to(tl.int64) * sxn + c.to(tl.int64) * sxc + e
+        else:
+            h = e // W
+            w = e - h * W
+            src = n.to(tl.int64) * sxn + c.to(tl.int64) * sxc + h * sxh + w * sxw
+        v = tl.load(x_ptr + src, mask=mask, other=0.0).to(tl.float32)
+        v = v * a + b
+        if SILU:
+            v = v * tl.sigmoid(v)
+        tl.store(y_ptr + pid_nc.to(tl.int64) * HW + e, v.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def _stats_triton(x: torch.Tensor, num_groups: int) -> torch.Tensor:
+    N, C, H, W = x.shape
+    cg = C // num_groups
+    HW = H * W
+    gsize = cg * HW
+    on_gpu = x.device.type == "cuda"
+    BLOCK = 2048 if on_gpu else 256
+    target = 2048 if on_gpu else 4  # programs in total (enough to fill a GPU; few under the interpreter)
+    per_group = max(1, min(triton.cdiv(gsize, BLOCK), triton.cdiv(target, N * num_groups)))
+    iters = triton.cdiv(triton.cdiv(gsize, BLOCK), per_group)
+    per_group = triton.cdiv(gsize, iters * BLOCK)
+    sn, sc, sh, sw = x.stride()
+    contig = (sw == 1 or W == 1) and (sh == W or H == 1) and (sc == HW or cg == 1)
+    part = torch.empty((N * num_groups, per_group, 3), dtype=torch.float32, device=x.device)
+    grid = (per_group, N * num_groups)
+    _gn_stats_kernel[grid](
+        x, part, cg, HW, W, gsize, sn, sc, sh, sw, num_groups, iters, per_group,
+        CONTIG=contig, BLOCK=BLOCK,
+    )
+    p = part.to(torch.float64)
+    cnt, mean, m2 = p[..., 0], p[..., 1], p[..., 2]
+    s1 = (cnt * mean).sum(dim=1)
+    s2 = (m2 + cnt * mean * mean).sum(dim=1)
+    return torch.stack([s1, s2], dim=-1).view(N, num_groups, 2)
+
+
+def _stats_torch(x: torch.Tensor, num_groups: int) -> torch.Tensor:
+    N = x.shape[0]
+    v = x.reshape(N, num_groups, -1).to(torch.float64)
+    n = v.shape[-1]
+    s1 = v.sum(dim=-1)
+    mean = s1 / max(n, 1)
+    m2 = (v - mean.unsqueeze(-1)).square().sum(dim=-1)
+    return torch.stack([s1, m2 + n * mean * mean], dim=-1)
+
+
+def _apply_triton(x, scale, shift, silu):
+    N, C, H, W = x.shape
+    HW = H * W
+    y = torch.empty((N, C, H, W), dtype=x.dtype, device=x.device)
+    if y.numel() == 0:
+        return y
+    if N * C > 65535:
+        raise ValueError(f"group_norm_apply: N*C = {N * C} exceeds the Triton grid limit 65535")
+    sn, sc, sh, sw = x.stride()
+    contig = (sw == 1 or W == 1) and (sh == W or H == 1)
+    BLOCK = 2048 if x.device.type == "cuda" else 256
+    grid = (triton.cdiv(HW, BLOCK), N * C)
+    _gn_apply_kernel[grid](x, y, scale, shift, C, HW, W, sn, sc, sh, sw, SILU=silu, CONTIG=contig, BLOCK=BLOCK)
+    return y
+
+
+def _apply_torch(x, mean, rstd, weight, bias, num_groups, silu):
+    """Plain, differentiable torch GroupNorm apply (fp32 math for 16-bit inputs, float64 for float64)."""
+    N, C, H, W = x.shape
+    cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    cg = C // num_groups
+    v = x.to(cdt).reshape(N, num_groups, cg, H, W)
+    v = (v - mean.to(cdt).view(N, num_groups, 1, 1, 1)) * rstd.to(cdt).view(N, num_groups, 1, 1, 1)
+    v = v.reshape(N, C, H, W)
+    if weight is not None:
+        v = v * weight.to(cdt).view(1, C, 1, 1)
+    if bias is not None:
+        v = v + bias.to(cdt).view(1, C, 1, 1)
+    if silu:
+        v = torch.nn.functional.silu(v)
+    return v.to(x.dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# registered ops (one op each for torch.compile; no autograd - see module docstring)
+# --------------------------------------------------------------------------------------------------
+@torch.library.custom_op("d4k::group_norm_stats", mutates_args=())
+def _stats_op(x: torch.Tensor, num_groups: int) -> torch.Tensor:
+    if x.numel() == 0:
+        return torch.zeros((x.shape[0], num_groups, 2), dtype=torch.float64, device=x.device)
+    if backend.select(x) == "triton" and x.dtype != torch.float64:
+        return _stats_triton(x, num_groups)
+    return _stats_torch(x, num_groups)
+
+
+@_stats_op.register_fake
+def _(x, num_groups):
+    return x.new_empty((x.shape[0], num_groups, 2), dtype=torch.float64)
+
+
+@torch.library.custom_op("d4k::group_norm_apply", mutates_args=())
+def _apply_op(
+    x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor], num_groups: int, silu: bool,
+) -> torch.Tensor:
+    if backend.select(x) == "triton" and x.dtype != torch.float64:
+        scale, shift = channel_scale_shift(mean, rstd, weight, bias, num_groups, x.shape[1])
+        return _apply_triton(x, scale, shift, silu)
+    return _apply_torch(x, mean, rstd, weight, bias, num_groups, silu)
+
+
+@_apply_op.register_fake
+def _(x, mean, rstd, weight, bias, num_groups, silu):
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+# --------------------------------------------------------------------------------------------------
+# public API
+# --------------------------------------------------------------------------------------------------
+def group_norm_stats(x: torch.Tensor, num_groups: int, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Per (sample, group) ``[sum, sum of squares]`` of ``x`` (N, C, H, W), as an (N, G, 2) float64 tensor.
+
+    Any H, W (tile cores too: views with any strides); C must be divisible by ``num_groups``.
+    With ``out`` (an (N, G, 2) float64 tensor) the result is ADDED into ``out`` and ``out`` is returned,
+    so a tiled decoder can accumulate the statistics of the whole tensor over its tile cores (each element
+    must be visited exactly once). Turn the sums into mean / rstd with :func:`group_norm_finalize`.
+    """
+    cg = _check_x_groups(x, num_groups)
+    del cg
+    if out is not None:
+        check_tensor(out, "out", dtypes=(torch.float64,), ndim=3)
+        if tuple(out.shape) != (x.shape[0], num_groups, 2):
+            raise ValueError(f"out must have shape (N, num_groups, 2) = {(x.shape[0], num_groups, 2)}, "
+                             f"got {tuple(out.shape)}")
+        if out.device != x.device:
+            raise ValueError(f"out is on {out.device} but x is on {x.device}")
+    with torch.no_grad():
+        s = _stats_op(x.detach(), num_groups)
+        if out is None:
+            return s
+        out.add_(s)
+    return out
+
+
+def group_norm_finalize(stats: torch.Tensor, count_per_group, eps: float = 1e-6) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(mean, rstd)``, each (N, G) float32, from :func:`group_norm_stats` sums.
+
+    ``count_per_group`` is the number of elements each (sample, group) sum covers, i.e.
+    ``(C // G) * H * W`` of the whole tensor (an int, or a tensor broadcastable to (N, G)).
+    ``rstd = 1 / sqrt(var + eps)`` with the biased variance, as torch.nn.functional.group_norm.
+    """
+    check_tensor(stats, "stats", dtypes=(torch.float64, torch.float32), ndim=3)
+    if stats.shape[-1] != 2:
+        raise ValueError(f"stats must have shape (N, G, 2), got {tuple(stats.shape)}")
+    if isinstance(count_per_group, torch.Tensor):
+        cnt = count_per_group.to(device=stats.device, dtype=torch.float64)
+        if bool((cnt <= 0).any()):
+            raise ValueError("count_per_group must be positive")
+    else:
+        if isinstance(count_per_group, bool) or not isinstance(count_per_group, (int, float)):
+            raise TypeError(f"count_per_group must be an int or a tensor, got {count_per_group!r}")
+        if not count_per_group > 0:
+            raise ValueError(f"count_per_group must be positive, got {count_per_group}")
+        cnt = float(count_per_group)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
+        raise ValueError(f"eps must be a non-negative float, got {eps!r}")
+    s = stats.to(torch.float64)
+    mean = s[..., 0] / cnt
+    var = (s[..., 1] / cnt - mean * mean).clamp_min(0.0)
+    rstd = torch.rsqrt(var + float(eps))
+    return mean.to(torch.float32), rstd.to(torch.float32)
+
+
+def group_norm_apply(
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    num_groups: int,
+    silu: bool = False,
+) -> torch.Tensor:
+    """``(x - mean) * rstd * weight + bias`` per group (then SiLU if ``silu``), same dtype as ``x``.
+
+    ``mean`` / ``rstd`` are (N, G) (e.g. from :func:`group_norm_finalize` of the whole tensor, so that a
+    tile is normalised exactly as the whole); ``weight`` / ``bias`` are (C,) or None. With the statistics of
+    ``x`` itself this equals ``F.group_norm(x, G, weight, bias, eps)`` (+ ``F.silu``). One fused Triton kernel
+    (fp32 math) on CUDA; any strides. When a gradient is needed the differentiable torch path runs instead.
+    """
+    _check_x_groups(x, num_groups)
+    _check_mean_rstd(x, mean, rstd, num_groups)
+    _check_affine(x, weight, bias)
+    if not isinstance(silu, bool):
+        raise TypeError(f"silu must be a bool, got {silu!r}")
+    if _needs_grad(x, mean, rstd, weight, bias):
+        return _apply_torch(x, mean, rstd, weight, bias, num_groups, silu)
+    return _apply_op(x, mean, rstd, weight, bias, num_groups, silu)

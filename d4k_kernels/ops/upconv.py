@@ -1,0 +1,354 @@
+"""The VAE decoder tail, fused: GroupNorm apply + SiLU + nearest x2 + conv3x3 (+ bias), polyphase.
+
+    y = upconv_tail(x, mean, rstd, gn_weight, gn_bias, conv_weight, conv_bias, num_groups, partitioned=True)
+
+x is the LOW-resolution tensor (N, C, H, W); y is (N, Cout, 2H, 2W). With a = silu(group_norm_apply(x)) and
+u = nearest_up2(a) (SiLU commutes with nearest up-sampling):
+
+* ``partitioned=False`` - the plain tail: ``y = conv2d(u, conv_weight, conv_bias, padding=1)``.
+* ``partitioned=True`` - SC-VAE's released tail (SPEC.md section 4):
+  ``y = conv2d(F.pad(u, (2, 0, 2, 0)), conv_weight, conv_bias)`` (valid conv), i.e. the plain tail shifted
+  one output pixel down and right, zeros entering from the top / left.
+
+Polyphase identity (no up-sampled intermediate): output row ``2m + p`` reads up-sampled rows
+``2m + p + a - s`` (tap a = 0, 1, 2; s = 1 plain, 2 partitioned), i.e. low-res rows ``m + (p + a - s) // 2``.
+So each output parity (p, q) is a 2x2 conv of ``a`` with summed ("folded") taps, and all four parities
+together are ONE small conv of ``a`` to 4*Cout channels followed by ``pixel_shuffle(2)``:
+a 3x3 conv (low-res offsets -1, 0, +1) for the plain tail, a 2x2 conv (offsets -1, 0) for the partitioned
+one. The folded weights (4*Cout, C, D, D), D = 3 or 2, are computed on the host in fp32 (float64 for
+float64 inputs) by :func:`fold_weights`.
+
+The Triton kernel: one program owns a strip of ROWS low-res rows x BW columns of one sample and BN of the
+4*Cout folded output channels. It walks the input rows of its strip top to bottom (plus the halo row
+above and, plain tail, below); for each input row and block of BC channels it loads the D column-shifted
+[BW, BC] tiles, applies GroupNorm (precomputed per-channel scale / shift) and SiLU in fp32, zeroes what
+lies outside the image (the conv's zero padding is on the activated tensor), and adds
+``tl.dot(tile, folded_weight[dy, dx])`` into D loop-carried [BW, BN] accumulators, one per output row the
+input row feeds; when an output row is complete it adds the bias and stores it straight into its
+(2 rows x 2 columns) positions of y. Each input element is activated D times (not D*D), nothing of the
+size of u is ever materialised, accumulation is fp32. For bf16/fp16 inputs the dot operands are in the
+input dtype (activations rounded once, as torch's bf16 tail does); for fp32 inputs the dot runs in
+full fp32 (``input_precision="ieee"``, no TF32). Any strides (non-contiguous x is read in place).
+
+Tiles (exact tiled decoding): everything outside ``x`` is treated as zero ACTIVATION, i.e. as the image
+border. For a halo tile ``x[..., h0:h1, w0:w1]`` of the whole low-res tensor whose core is rows
+``[c0, c1)`` and columns ``[d0, d1)``, call upconv_tail with the statistics (mean/rstd) of the WHOLE tensor
+and keep ``y[..., 2*(c0-h0):2*(c1-h0), 2*(d0-w0):2*(d1-w0)]``. This equals the same window of the untiled
+output when the tile has a halo of at least 1 low-res pixel on every side where it does not touch the
+image border; the partitioned tail reads only rows/columns m-1 and m, so it needs the halo only above
+and to the left.
+
+Dispatch: backend.select(x): CUDA -> Triton kernel (bf16 / fp16 / fp32); CPU -> torch path (GN apply +
+SiLU + conv2d with the folded weights + pixel_shuffle), which also runs float64 inputs exactly (float64
+inputs always take the torch path). Autograd: decoding is inference; the Triton kernel has no backward.
+When a gradient is needed (grad mode on and an input requires grad) the differentiable torch path runs.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .. import backend
+from .._checks import check_int, check_tensor
+from .groupnorm import _apply_torch, _check_affine, _check_mean_rstd, _check_x_groups, _needs_grad, \
+    channel_scale_shift
+
+try:  # pragma: no cover
+    import triton
+    import triton.language as tl
+except Exception:  # pragma: no cover
+    triton = None
+    tl = None
+
+__all__ = ["upconv_tail", "fold_weights"]
+
+_X_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def fold_weights(conv_weight: torch.Tensor, partitioned: bool, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The polyphase weights (4*Cout, C, D, D) of nearest-x2-then-conv3x3, D = 2 (partitioned) or 3 (plain).
+
+    Output channel ``co * 4 + p * 2 + q`` is parity (p, q) of channel co (the order of ``pixel_shuffle(2)``);
+    spatial index d of the folded kernel is the low-res offset ``d - 1``. Summed in ``dtype``.
+    """
+    s = 2 if partitioned else 1
+    D = 2 if partitioned else 3
+    Cout, C = conv_weight.shape[:2]
+    A = torch.zeros(2, D, 3, dtype=dtype, device=conv_weight.device)
+    for p in range(2):
+        for a in range(3):
+            A[p, (p + a - s) // 2 + 1, a] = 1.0
+    wf = torch.einsum("pda,qeb,ocab->opqcde", A, A, conv_weight.to(dtype))
+    return wf.reshape(4 * Cout, C, D, D)
+
+
+# --------------------------------------------------------------------------------------------------
+# Triton kernel
+# --------------------------------------------------------------------------------------------------
+if triton is not None:
+
+    @triton.jit
+    def _upconv_kernel(
+        x_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr,
+        C, H, W, NCOL, KC, NPAD, ROWS,
+        sxn, sxc, sxh, sxw,
+        syn, syc, syh, syw,
+        D: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, INT64: tl.constexpr,
+        BW: tl.constexpr, BC: tl.constexpr, BN: tl.constexpr,
+    ):
+        pid_w = tl.program_id(0)
+        pid_h = tl.program_id(1)
+        pid_z = tl.program_id(2)
+        n_nb = tl.cdiv(NCOL, BN)
+        n = pid_z // n_nb
+        nb = pid_z % n_nb
+        cols = pid_w * BW + tl.arange(0, BW)          # low-res columns of this strip
+        jl = tl.arange(0, BN)
+        j = nb * BN + jl                              # folded output channel co*4 + p*2 + q
+        m0 = pid_h * ROWS
+        # 64-bit scalar bases; per-element offsets stay int32 unless INT64 (the host decides)
+        x_base = x_ptr + n.to(tl.int64) * sxn
+        y_base = y_ptr + n.to(tl.int64) * syn + (nb * (BN // 4)).to(tl.int64) * syc
+        kc = tl.arange(0, BC)
+        if INT64:
+            kc_off = kc.to(tl.int64) * sxc
+            y_col = (jl // 4).to(tl.int64) * syc + ((j // 2) % 2).to(tl.int64) * syh
+            y_el = (2 * cols[:, None] + (j % 2)[None, :]).to(tl.int64) * syw + y_col[None, :]
+        else:
+            kc_off = kc * sxc
+            y_col = (jl // 4) * syc + ((j // 2) % 2) * syh
+            y_el = (2 * cols[:, None] + (j % 2)[None, :]) * syw + y_col[None, :]
+        smask_c = (j < NCOL)[None, :]
+        if HAS_BIAS:
+            bv = tl.load(bias_ptr + j // 4, mask=j < NCOL, other=0.0)
+        acc0 = tl.zeros((BW, BN), dtype=tl.float32)   # output row r - (D - 2)
+        acc1 = tl.zeros((BW, BN), dtype=tl.float32)   # the next output row
+        acc2 = tl.zeros((BW, BN), dtype=tl.float32)   # the one after (plain tail only)
+        for it in range(ROWS + D - 1):
+            r = m0 - 1 + it                           # input (low-res) row
+            rv = cols * 0 + r                         # r as a [BW] vector (a scalar mask breaks the interpreter)
+            row_ok = (rv >= 0) & (rv < H)
+            x_row = x_base + r.to(tl.int64) * sxh
+            x_blk = x_row                             # advanced by BC channels per step (64-bit pointer)
+            w_blk = w_ptr + kc[:, None] * NPAD + j[None, :]
+            for c0 in range(0, C, BC):
+                cc = c0 + kc
+                cmask = cc < C
+                a = tl.load(scale_ptr + n * C + cc, mask=cmask, other=0.0)
+                b = tl.load(shift_ptr + n * C + cc, mask=cmask, other=0.0)
+                for dxi in tl.static_range(D):
+                    xc = cols + (dxi - 1)
+                    m = ((xc >= 0) & (xc < W) & row_ok)[:, None] & cmask[None, :]
+                    if INT64:
+                        v = tl.load(x_blk + xc.to(tl.int64)[:, None] * sxw + kc_off[None, :], mask=m, other=0.0)
+                    else:
+                        v = tl.load(x_blk + (xc * sxw)[:, None] + kc_off[None, :], mask=m, other=0.0)
+                    v = v.to(tl.float32) * a[None, :] + b[None, :]
+                    v = v * tl.sigmoid(v)
+                    # round to the input dtype (as torch's 16-bit tail does), then to the dot operand dtype
+                    v = tl.where(m, v, 0.0).to(x_ptr.dtype.element_ty).to(w_ptr.dtype.element_ty)
+                    if D == 3:
+                        w_a = tl.load(w_blk + (0 * D + dxi) * KC * NPAD)   # dy = -1: feeds output row r + 1
+                        w_b = tl.load(w_blk + (1 * D + dxi) * KC * NPAD)   # dy =  0: output row r
+                        w_c = tl.load(w_blk + (2 * D + dxi) * KC * NPAD)   # dy = +1: output row r - 1
+                        if IEEE:
+                            acc2 = tl.dot(v, w_a, acc2, input_precision="ieee")
+                            acc1 = tl.dot(v, w_b, acc1, input_precision="ieee")
+                            acc0 = tl.dot(v, w_c, acc0, input_precision="ieee")
+                        else:
+                            acc2 = tl.dot(v, w_a, acc2)
+                            acc1 = tl.dot(v, w_b, acc1)
+                            acc0 = tl.dot(v, w_c, acc0)
+                    else:
+                        w_a = tl.load(w_blk + (0 * D + dxi) * KC * NPAD)   # dy = -1: output row r + 1
+                        w_b = tl.load(w_blk + (1 * D + dxi) * KC * NPAD)   # dy =  0: output row r
+                        if IEEE:
+                            acc1 = tl.dot(v, w_a, acc1, input_precision="ieee")
+                            acc0 = tl.dot(v, w_b, acc0, input_precision="ieee")
+                        else:
+                            acc1 = tl.dot(v, w_a, acc1)
+                            acc0 = tl.dot(v, w_b, acc0)
+                x_blk += BC * sxc
+                w_blk += BC * NPAD
+            # output row `orow` is complete: add the bias and store its 2 x 2 blocks
+            orow = r - (D - 2)
+            out = acc0
+            if HAS_BIAS:
+                out = out + bv[None, :]
+            ov = cols * 0 + orow
+            orow_ok = (ov >= m0) & (ov < m0 + ROWS) & (ov < H) & (ov >= 0)
+            smask = ((cols < W) & orow_ok)[:, None] & smask_c
+            tl.store(y_base + (2 * orow).to(tl.int64) * syh + y_el, out.to(y_ptr.dtype.element_ty), mask=smask)
+            if D == 3:
+                acc0 = acc1
+                acc1 = acc2
+                acc2 = tl.zeros((BW, BN), dtype=tl.float32)
+            else:
+                acc0 = acc1
+                acc1 = tl.zeros((BW, BN), dtype=tl.float32)
+
+
+_KPAD = 64  # weights are padded to a multiple of 64 channels and 64 folded outputs (any BC, BN <= 64 fits)
+
+
+def _gpu_configs():
+    cfgs = []
+    for bw, bc, bn, nw, ns in (
+        (64, 32, 16, 4, 2), (64, 64, 16, 4, 2), (128, 32, 16, 4, 2), (128, 64, 16, 8, 2),
+        (64, 32, 16, 4, 3), (64, 32, 32, 4, 2), (64, 32, 64, 4, 2), (128, 32, 64, 8, 2),
+    ):
+        cfgs.append(triton.Config({"BW": bw, "BC": bc, "BN": bn}, num_warps=nw, num_stages=ns))
+    return cfgs
+
+
+def _prune(configs, named_args, **kwargs):
+    ncol, c = named_args["NCOL"], named_args["C"]
+    ieee = kwargs.get("IEEE", named_args.get("IEEE", False))
+    out = []
+    for cfg in configs:
+        bn, bc = cfg.kwargs["BN"], cfg.kwargs["BC"]
+        if bn > 16 and bn // 2 >= ncol:      # a narrower BN already covers every output channel
+            continue
+        if bc > 32 and c <= 32:
+            continue
+        if ieee and (bc > 32 or bn > 32 or cfg.kwargs["BW"] > 64):  # fp32 operands: keep shared memory small
+            continue
+        out.append(cfg)
+    return out or configs[:1]
+
+
+if triton is not None:
+    _upconv_kernel_tuned = triton.autotune(
+        configs=_gpu_configs(), key=["C", "NCOL", "W", "D", "IEEE", "INT64"],
+        prune_configs_by={"early_config_prune": _prune},
+    )(_upconv_kernel)
+
+
+def _rows_for(H, W, bw, n_z):
+    rows = 16
+    while rows > 2 and triton.cdiv(H, rows) * triton.cdiv(W, bw) * n_z < 2048:
+        rows //= 2
+    return rows
+
+
+def _upconv_triton(x, scale, shift, conv_weight, conv_bias, partitioned):
+    N, C, H, W = x.shape
+    Cout = conv_weight.shape[0]
+    D = 2 if partitioned else 3
+    y = torch.empty((N, Cout, 2 * H, 2 * W), dtype=x.dtype, device=x.device)
+    if y.numel() == 0:
+        return y
+    on_gpu = x.device.type == "cuda"
+    ieee = x.dtype == torch.float32
+    ncol = 4 * Cout
+    KC = triton.cdiv(C, _KPAD) * _KPAD
+    NPAD = triton.cdiv(ncol, _KPAD) * _KPAD
+    # dot operands: the input dtype for bf16/fp16 on a GPU; fp32 under the interpreter (its 16-bit tl.dot is
+    # wrong), with the weights rounded to the input dtype first so that it computes what the GPU computes
+    wdt = torch.float32 if (ieee or not on_gpu) else x.dtype
+    wf = fold_weights(conv_weight, partitioned, torch.float32)  # (4*Cout, C, D, D)
+    wk = torch.zeros((D, D, KC, NPAD), dtype=torch.float32, device=x.device)
+    wk[:, :, :C, :ncol] = wf.permute(2, 3, 1, 0)
+    wk = wk.to(x.dtype).to(wdt).contiguous()
+    bias = conv_bias.to(torch.float32).contiguous() if conv_bias is not None else scale  # dummy ptr when absent
+    # int32 per-element offsets are safe when every in-tile offset stays below 2^31
+    big = max(abs(s) for s in x.stride()) * 64 * max(C, 2 * W, H) >= 2**31 or y.numel() >= 2**31 // 2
+    args = (x, wk, bias, scale, shift, y, C, H, W, ncol, KC, NPAD)
+    const = dict(D=D, HAS_BIAS=conv_bias is not None, IEEE=ieee, INT64=bool(big))
+    if on_gpu:
+        def grid(meta):
+            n_z = N * triton.cdiv(ncol, meta["BN"])
+            return (triton.cdiv(W, meta["BW"]), triton.cdiv(H, meta["ROWS"]), n_z)
+        rows = _rows_for(H, W, 64, N * triton.cdiv(ncol, 16))
+        if triton.cdiv(H, rows) > 65535 or N * triton.cdiv(ncol, 16) > 65535:
+            raise ValueError(f"upconv_tail: grid too large for x of shape {tuple(x.shape)} and Cout={Cout}")
+        _upconv_kernel_tuned[grid](*args, rows, *x.stride(), *y.stride(), **const)
+    else:
+        BW, BC, BN = 16, 16, 16 if ncol <= 16 else 32
+        rows = max(1, H)  # fewest programs under the interpreter
+        grid = (triton.cdiv(W, BW), triton.cdiv(H, rows), N * triton.cdiv(ncol, BN))
+        _upconv_kernel[grid](*args, rows, *x.stride(), *y.stride(), **const, BW=BW, BC=BC, BN=BN)
+    return y
+
+
+def _upconv_torch(x, mean, rstd, gn_weight, gn_bias, conv_weight, conv_bias, num_groups, partitioned):
+    """GN apply + SiLU, then conv2d with the folded weights + pixel_shuffle (differentiable; float64 exact)."""
+    cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    a = _apply_torch(x.to(cdt), mean, rstd, gn_weight, gn_bias, num_groups, silu=True)
+    wf = fold_weights(conv_weight, partitioned, cdt)
+    b4 = conv_bias.to(cdt).repeat_interleave(4) if conv_bias is not None else None
+    if partitioned:
+        z = F.conv2d(F.pad(a, (1, 0, 1, 0)), wf, b4)
+    else:
+        z = F.conv2d(a, wf, b4, padding=1)
+    return F.pixel_shuffle(z, 2).to(x.dtype)
+
+
+@torch.library.custom_op("d4k::upconv_tail", mutates_args=())
+def _upconv_op(
+    x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, gn_weight: Optional[torch.Tensor],
+    gn_bias: Optional[torch.Tensor], conv_weight: torch.Tensor, conv_bias: Optional[torch.Tensor],
+    num_groups: int, partitioned: bool,
+) -> torch.Tensor:
+    if backend.select(x) == "triton" and x.dtype != torch.float64:
+        scale, shift = channel_scale_shift(mean, rstd, gn_weight, gn_bias, num_groups, x.shape[1])
+        return _upconv_triton(x, scale, shift, conv_weight, conv_bias, partitioned)
+    return _upconv_torch(x, mean, rstd, gn_weight, gn_bias, conv_weight, conv_bias, num_groups, partitioned)
+
+
+@_upconv_op.register_fake
+def _(x, mean, rstd, gn_weight, gn_bias, conv_weight, conv_bias, num_groups, partitioned):
+    N, _, H, W = x.shape
+    return torch.empty((N, conv_weight.shape[0], 2 * H, 2 * W), dtype=x.dtype, device=x.device)
+
+
+def upconv_tail(
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    gn_weight: Optional[torch.Tensor],
+    gn_bias: Optional[torch.Tensor],
+    conv_weight: torch.Tensor,
+    conv_bias: Optional[torch.Tensor],
+    num_groups: int,
+    partitioned: bool = True,
+) -> torch.Tensor:
+    """GroupNorm apply -> SiLU -> nearest x2 -> conv3x3 (+ bias), fused and polyphase (see the module doc).
+
+    Args:
+        x: (N, C, H, W) low-resolution input, bf16 / fp16 / fp32 (float64: torch path), any strides.
+        mean, rstd: (N, num_groups) GroupNorm statistics of the WHOLE tensor (e.g. from
+            ``group_norm_finalize``), so that a tile is normalised as the whole image.
+        gn_weight, gn_bias: (C,) GroupNorm affine parameters, or None.
+        conv_weight: (Cout, C, 3, 3); conv_bias: (Cout,) or None.
+        partitioned: True - SC-VAE's released tail (one output pixel shift, zeros from top/left);
+            False - the plain tail (conv padding 1).
+    Returns:
+        (N, Cout, 2H, 2W) in x's dtype. No autograd through the kernel (inference); when a gradient is
+        needed the differentiable torch path runs instead. For halo tiles, crop: see the module doc.
+    """
+    _check_x_groups(x, num_groups)
+    _check_mean_rstd(x, mean, rstd, num_groups)
+    _check_affine(x, gn_weight, gn_bias, "gn_weight", "gn_bias")
+    C = x.shape[1]
+    check_tensor(conv_weight, "conv_weight", dtypes=_X_DTYPES, ndim=4)
+    if conv_weight.shape[1] != C or tuple(conv_weight.shape[2:]) != (3, 3):
+        raise ValueError(f"conv_weight must have shape (Cout, {C}, 3, 3) for x with {C} channels, "
+                         f"got {tuple(conv_weight.shape)}")
+    check_int(conv_weight.shape[0], "conv_weight.shape[0] (Cout)", lo=1)
+    if conv_weight.device != x.device:
+        raise ValueError(f"conv_weight is on {conv_weight.device} but x is on {x.device}")
+    if conv_bias is not None:
+        check_tensor(conv_bias, "conv_bias", dtypes=_X_DTYPES, ndim=1)
+        if conv_bias.shape[0] != conv_weight.shape[0]:
+            raise ValueError(f"conv_bias must have shape ({conv_weight.shape[0]},) to match conv_weight, "
+                             f"got {tuple(conv_bias.shape)}")
+        if conv_bias.device != x.device:
+            raise ValueError(f"conv_bias is on {conv_bias.device} but x is on {x.device}")
+    if not isinstance(partitioned, bool):
+        raise TypeError(f"partitioned must be a bool, got {partitioned!r}")
+    if _needs_grad(x, mean, rstd, gn_weight, gn_bias, conv_weight, conv_bias):
+        return _upconv_torch(x, mean, rstd, gn_weight, gn_bias, conv_weight, conv_bias, num_groups, partitioned)
+    return _upconv_op(x, mean, rstd, gn_weight, gn_bias, conv_weight, conv_bias, num_groups, partitioned)
