@@ -301,7 +301,9 @@ def test_gradcheck(backend_device, seed):
     def f(p, xt, x0, sig, w):
         return wavelet_loss(p, xt, x0, sig, w, levels=2, band_weights=(0.5, 1.0, 2.0, 3.0), reduction="none")
 
-    assert torch.autograd.gradcheck(f, (p, xt, x0, sig, w), eps=1e-6, atol=1e-8)
+    # fast mode (random projections) keeps the interpreter run short; the CPU path runs the full check
+    fast = backend.select(p) == "triton"
+    assert torch.autograd.gradcheck(f, (p, xt, x0, sig, w), eps=1e-6, atol=1e-8, fast_mode=fast)
 
 
 def test_deterministic(backend_device, seed):
