@@ -39,7 +39,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--patch", type=_positive, default=64, help="GLCM patch size (64)")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     p.add_argument("--out", default=None, help="per-image results, .csv or .json")
-    p.add_argument("--workers", type=_positive, default=None, help="decoding threads (default: min(8, CPUs))")
+    p.add_argument("--workers", type=_positive, default=None, help="decoding threads (default: min(16, CPUs) / processes)")
     p.add_argument("--limit", type=_positive, default=None, help="only the first N images (sorted by name)")
     p.add_argument("--recursive", action="store_true", help="also images in sub-folders")
     p.add_argument("--batch", type=_positive, default=None, help="images per GLCM call (default: auto)")
@@ -78,6 +78,10 @@ def run_eval(args) -> int:
     print(res.summary())
     if args.out is not None:
         print(f"per-image results: {args.out}")
+    n = len(res.records)
+    if n and res.seconds > 0:
+        print(f"d4k eval: {n} files in {res.seconds:.2f} s ({n / res.seconds:.2f} files/s, "
+              f"device {args.device}, {res.world_size} process(es))", file=err)
     if not res.ok:
         n = len(res.records)
         if n == 0:

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from typing import List, Optional, Sequence, Tuple, Union
@@ -68,6 +69,7 @@ class EvalResult:
     patch: int
     ignored: List[str] = field(default_factory=list)
     world_size: int = 1
+    seconds: float = 0.0  # wall time of the evaluation (this rank, gathering included)
 
     @property
     def ok(self) -> List[ImageRecord]:
@@ -101,6 +103,7 @@ class EvalResult:
             "size": self.size,
             "patch": self.patch,
             "world_size": self.world_size,
+            "seconds": self.seconds,
         }
 
     def summary(self) -> str:
@@ -259,6 +262,7 @@ def evaluate_files(
     ignored: Sequence[str] = (),
 ) -> EvalResult:
     """Evaluate a list of image files (see the module docstring). Arguments as :func:`evaluate_folder`."""
+    t0 = time.perf_counter()
     _check_size_patch(size, patch)
     if backend is not None:
         check_choice(backend, "backend", _backend.BACKENDS)
@@ -268,7 +272,7 @@ def evaluate_files(
     try:
         idx = list(range(rank, len(files), ws))
         if workers is None:
-            workers = max(1, min(8, (os.cpu_count() or 2) // ws))
+            workers = max(1, min(16, (os.cpu_count() or 2) // ws))
         check_int(workers, "workers", lo=1)
         if batch is None:
             batch = max(1, (1 << 26) // (size * size)) if dev.type == "cuda" else 1
@@ -288,7 +292,8 @@ def evaluate_files(
             import torch.distributed as dist
 
             dist.destroy_process_group()
-    return EvalResult(records=[r for _, r in local], size=size, patch=patch, ignored=list(ignored), world_size=ws)
+    return EvalResult(records=[r for _, r in local], size=size, patch=patch, ignored=list(ignored), world_size=ws,
+                      seconds=time.perf_counter() - t0)
 
 
 def _run(files, idx, size, patch, dev, workers, batch, progress, backend):
