@@ -337,3 +337,20 @@ def test_eval_gray_crop_both_paths_match_opencv(seed, monkeypatch):
     for g in (a, b):
         assert g.dtype == np.uint8 and g.shape == (32, 32) and g.flags.c_contiguous
         assert np.array_equal(g, ref)
+
+
+def test_truncated_jpeg_is_read_as_opencv_reads_it(files, tmp_path):
+    """A JPEG cut short decodes partially in OpenCV (the paper's eval.py scores it); so do we."""
+    b = files["jpg"].read_bytes()
+    p = tmp_path / "cut.jpg"
+    p.write_bytes(b[: len(b) * 2 // 3])
+    ref = cv2.imread(str(p))
+    assert ref is not None
+    assert np.array_equal(load_image(p), ref)
+
+
+def test_glcm_score_image_256_natural(cpu_path, tmp_path, seed):
+    """16 patches of a natural JPEG at size 256, through the file path, vs the paper's loop."""
+    p = tmp_path / "nat.jpg"
+    Image.fromarray(natural_rgb(seed, 256 + 3, 256 + 30)).save(p, quality=95)
+    assert abs(glcm_score_image(p, size=256) - ref_score_file(p, 256)) <= 1e-12

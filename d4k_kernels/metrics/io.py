@@ -98,14 +98,17 @@ def _load_cv2(path: str) -> Optional[np.ndarray]:
     cv2 = _import_cv2()
     if cv2 is None:
         return None
-    # cv2.imread cannot open non-ASCII paths on some platforms: decode from the bytes instead.
-    try:
-        buf = np.fromfile(path, dtype=np.uint8)
-    except OSError:
-        return None
-    if buf.size == 0:
-        return None
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    # cv2.imread as the paper's eval.py (it also decodes a truncated JPEG partially, imdecode does not);
+    # from the bytes when imread fails (it cannot open non-ASCII paths on some platforms).
+    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    if img is None:
+        try:
+            buf = np.fromfile(path, dtype=np.uint8)
+        except OSError:
+            return None
+        if buf.size == 0:
+            return None
+        img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if img is None or img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
         return None
     return img
