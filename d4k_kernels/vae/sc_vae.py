@@ -193,7 +193,10 @@ class SCAutoencoderKL(AutoencoderKL):
                                  f"(first keys: {list(sd)[:4]})")
         init = {k: v for k, v in cfg.items() if not k.startswith("_")}
         model = cls(**init)
-        missing, unexpected = model.load_state_dict(sd, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(sd, strict=False)
+        except RuntimeError as e:  # shape mismatches
+            raise ValueError(f"checkpoint {path!r} does not match the config: {str(e).splitlines()[1].strip()}") from e
         if strict and (missing or unexpected):
             raise ValueError(f"checkpoint {path!r} does not match the config: missing keys {missing[:6]}, "
                              f"unexpected keys {unexpected[:6]}")

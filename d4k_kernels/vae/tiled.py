@@ -418,10 +418,10 @@ class _Store:
 
     def park(self, t: torch.Tensor):
         nb = t.numel() * t.element_size()
-        if self.device.type == "cpu" or self.limit is None or self.on_device + nb <= self.limit:
+        if self.limit is None or self.on_device + nb <= self.limit:
             self.on_device += nb
             return ("dev", t, nb)
-        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=torch.cuda.is_available())
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=t.device.type == "cuda")
         host.copy_(t, non_blocking=True)
         self.offloaded += nb
         return ("host", host, nb)

@@ -1,0 +1,206 @@
+"""Exact tiled decoding == the untiled diffusers decode (SPEC §4), random weights, CPU."""
+import math
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+from diffusers import AutoencoderKL  # noqa: E402
+
+import d4k_kernels.vae.tiled as tiled_mod  # noqa: E402
+from d4k_kernels.vae import FLUX_VAE_CONFIG, SCAutoencoderKL, plan_tiles, required_halo, tiled_decode  # noqa: E402
+from d4k_kernels.vae.tiled import ExactTiledDecoder, parse_memory  # noqa: E402
+
+# 2 up levels, 2 resnets per up block: halo 7 latent px, so a 24x20 latent has interior tiles
+TWO = dict(down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+           block_out_channels=[6, 12], layers_per_block=1, latent_channels=4, norm_num_groups=3,
+           sample_size=32, use_quant_conv=True, use_post_quant_conv=True)
+# 3 up levels, channel change in the up path (conv_shortcut), no quant convs (Flux-like)
+THREE = dict(down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3,
+             block_out_channels=[4, 8, 8], layers_per_block=1, latent_channels=4, norm_num_groups=2,
+             sample_size=64, use_quant_conv=False, use_post_quant_conv=False)
+
+
+def _vae(cfg, cls=AutoencoderKL, dtype=torch.float32, **kw):
+    torch.manual_seed(torch.initial_seed() % 1000)
+    m = cls(**cfg, **kw)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return m.to(dtype).eval()
+
+
+def _untiled(vae, z):
+    with torch.no_grad():
+        return vae.decode(z).sample
+
+
+def _cases_covered(plan, h, w):
+    """Which halo situations the plan's tiles hit: a corner tile, an edge tile, an interior tile whose
+    halo is clipped nowhere, and a last tile smaller than the others."""
+    H = plan.halo
+    kinds = set()
+    for (y0, y1, x0, x1) in plan.tiles:
+        at = [y0 == 0, y1 == h, x0 == 0, x1 == w]
+        if sum(at) >= 2:
+            kinds.add("corner")
+        elif sum(at) == 1:
+            kinds.add("edge")
+        elif y0 - H >= 0 and y1 + H <= h and x0 - H >= 0 and x1 + H <= w:
+            kinds.add("interior")
+        if (y1 - y0) < plan.tile or (x1 - x0) < plan.tile:
+            kinds.add("ragged")
+    return kinds
+
+
+@pytest.mark.parametrize("tile", [5, 24])
+def test_tiled_equals_untiled_fp32(seed, tile):
+    vae = _vae(TWO)
+    assert required_halo(vae.decoder) == 7
+    z = torch.randn(2, 4, 24, 22)
+    ref = _untiled(vae, z)
+    dec = ExactTiledDecoder(vae.decoder, vae.post_quant_conv, tile=tile, progress=False)
+    out = dec(z)
+    assert out.shape == ref.shape == (2, 3, 48, 44)
+    assert (out - ref).abs().max().item() <= 1e-4 * max(1.0, ref.abs().max().item())
+    if tile == 5:  # 5x5 tiles: corners, edges, interior tiles, ragged last row/column
+        assert dec.last_plan.n_tiles == 25
+        assert _cases_covered(dec.last_plan, 24, 22) == {"corner", "edge", "interior", "ragged"}
+    if tile == 24:
+        assert dec.last_plan.n_tiles == 1
+
+
+def test_tiled_three_levels_shortcut_and_bigger_halo(seed):
+    vae = _vae(THREE)
+    assert required_halo(vae.decoder) == 8
+    z = torch.randn(1, 4, 11, 13)  # prime sizes: ragged last tiles (13 = 3*4 + 1: a 1-wide strip)
+    ref = _untiled(vae, z)
+    for tile, halo in ((4, None), (6, 11)):
+        out = tiled_decode(vae, z, tile=tile, halo=halo, progress=False)
+        assert (out - ref).abs().max().item() <= 1e-4 * max(1.0, ref.abs().max().item())
+
+
+@pytest.mark.parametrize("partitioned", [True, False])
+def test_tiled_sc_vae(seed, partitioned):
+    vae = _vae(TWO, SCAutoencoderKL, stride=2, partitioned=partitioned)
+    z = torch.randn(1, 4, 9, 17)
+    ref = _untiled(vae, z)
+    assert ref.shape == (1, 3, 36, 68)
+    out = tiled_decode(vae, z, tile=4, progress=False)
+    assert (out - ref).abs().max().item() <= 1e-4 * max(1.0, ref.abs().max().item())
+
+
+def test_halo_too_small_is_caught(seed, monkeypatch):
+    """The test above can fail: with less context than the receptive field the decode is wrong
+    (or refuses to run when a window cannot cover its core)."""
+    vae = _vae(TWO)
+    z = torch.randn(1, 4, 20, 20)
+    ref = _untiled(vae, z)
+    need = required_halo(vae.decoder)
+    monkeypatch.setattr(tiled_mod, "required_halo", lambda dec: need - 3)
+    try:
+        out = tiled_decode(vae, z, tile=5, progress=False)
+    except RuntimeError as e:
+        assert "halo" in str(e)
+    else:
+        assert (out - ref).abs().max().item() > 1e-3
+
+
+def _psnr(a, b):
+    a, b = a.double(), b.double()
+    rng = (b.max() - b.min()).item()
+    mse = ((a - b) ** 2).mean().item()
+    return float("inf") if mse == 0 else 10 * math.log10(rng * rng / mse)
+
+
+def test_tiled_bf16_psnr(seed):
+    vae = _vae(THREE, dtype=torch.bfloat16)
+    z = torch.randn(1, 4, 12, 10, dtype=torch.bfloat16)
+    ref = _untiled(vae, z)
+    out = tiled_decode(vae, z, tile=5, progress=False)
+    assert out.dtype == torch.bfloat16
+    assert _psnr(out, ref) >= 60.0
+
+
+def test_full_flux_config_small_latent(seed):
+    """The real Flux decoder layout (512 channels, 32 groups, 13-pixel halo, mid-block attention)."""
+    vae = _vae(FLUX_VAE_CONFIG)
+    assert required_halo(vae.decoder) == 13
+    z = torch.randn(1, 16, 16, 8)
+    ref = _untiled(vae, z)
+    dec = ExactTiledDecoder(vae.decoder, None, tile=8, progress=False)
+    out = dec(z)
+    assert dec.last_plan.n_tiles == 2
+    assert out.shape == (1, 3, 128, 64)
+    assert (out - ref).abs().max().item() <= 1e-4 * max(1.0, ref.abs().max().item())
+
+
+def test_diffusers_tiling_differs_ours_does_not(seed):
+    vae = _vae(THREE)
+    z = torch.randn(1, 4, 16, 16)
+    ref = _untiled(vae, z)
+    vae.enable_tiling()
+    vae.tile_sample_min_size = 32
+    vae.tile_latent_min_size = 8  # 8-latent tiles, 6-latent stride: diffusers' per-tile decoder
+    theirs = _untiled(vae, z)
+    vae.disable_tiling()
+    ours = tiled_decode(vae, z, tile=8, progress=False)
+    assert theirs.shape == ref.shape
+    assert (theirs - ref).abs().max().item() > 1e-2
+    assert (ours - ref).abs().max().item() <= 1e-4 * max(1.0, ref.abs().max().item())
+
+
+def test_offload_path_and_memory_plan(seed):
+    vae = _vae(TWO)
+    z = torch.randn(1, 4, 16, 16)
+    ref = _untiled(vae, z)
+    dec = ExactTiledDecoder(vae.decoder, vae.post_quant_conv, tile=4, max_memory=1, progress=False)
+    out = dec(z)
+    assert dec.last_offloaded_bytes > 0  # state parked off the device copy (budget 1 byte)
+    assert (out - ref).abs().max().item() <= 1e-4 * max(1.0, ref.abs().max().item())
+    # the tile follows the budget; the whole latent when it fits
+    flux = AutoencoderKL(**dict(FLUX_VAE_CONFIG, block_out_channels=[128, 256, 512, 512]))
+    shp = (1, 16, 512, 512)  # a 4096^2 Flux decode
+    small = plan_tiles(flux.decoder, shp, torch.bfloat16, max_memory="8GiB")
+    big = plan_tiles(flux.decoder, shp, torch.bfloat16, max_memory="64GiB")
+    assert 8 <= small.tile < big.tile
+    assert small.n_tiles > big.n_tiles >= 1
+    assert small.est_fixed + small.est_tile <= parse_memory("8GiB")
+    with pytest.warns(UserWarning, match="too small"):
+        plan_tiles(flux.decoder, shp, torch.bfloat16, max_memory="100MiB")
+    tiny = plan_tiles(vae.decoder, (1, 4, 16, 16), torch.float32, max_memory="1GiB")
+    assert tiny.n_tiles == 1
+
+
+def test_progress_bar(seed, capsys):
+    vae = _vae(TWO)
+    z = torch.randn(1, 4, 8, 8)
+    tiled_decode(vae, z, tile=4, progress=True)
+    assert "exact tiled decode" in capsys.readouterr().err
+
+
+def test_parse_memory():
+    assert parse_memory("8GiB") == 8 * 2**30
+    assert parse_memory("512 MB") == 512 * 10**6
+    assert parse_memory(1234) == 1234
+    assert parse_memory(None) is None
+    for bad in ("lots", "-1GiB", 0, True, "8 parsecs"):
+        with pytest.raises((ValueError, TypeError), match="max_memory"):
+            parse_memory(bad)
+
+
+def test_bad_arguments(seed):
+    vae = _vae(TWO)
+    z = torch.randn(1, 4, 8, 8)
+    with pytest.raises(ValueError, match="tile"):
+        tiled_decode(vae, z, tile=0)
+    with pytest.raises(ValueError, match="halo"):
+        tiled_decode(vae, z, halo=2)
+    with pytest.raises(ValueError, match="max_memory"):
+        tiled_decode(vae, z, max_memory="lots")
+    with pytest.raises(ValueError, match="channels"):
+        tiled_decode(vae, torch.randn(1, 5, 8, 8))
+    with pytest.raises(ValueError, match="dimensions"):
+        tiled_decode(vae, torch.randn(4, 8, 8))
+    with pytest.raises(ValueError, match="conv_norm_out|not a diffusers"):
+        tiled_decode(torch.nn.Linear(2, 2), z)
