@@ -216,3 +216,36 @@ def test_bad_inputs():
         upconv_tail(x, mean, rstd, gw, gb, cw, cb, 3, partitioned="yes")
     with pytest.raises(ValueError, match="num_groups must be >= 1"):
         upconv_tail(x, mean, rstd, gw, gb, cw, cb, 0)
+
+
+def test_gpu_launcher_configs_under_interpreter(seed, monkeypatch):
+    # the autotuned GPU launch (grid lambda, ROWS, padding) with every bf16 tuning config, run by the interpreter
+    if not (backend.HAS_TRITON and backend.interpreter_enabled()):
+        pytest.skip("needs the Triton interpreter")
+    outs = []
+
+    class _Shim:
+        def __getitem__(self, grid):
+            def launch(*args, **kw):
+                nargs = dict(zip(upconv_mod._upconv_kernel.arg_names, args))
+                for cfg in upconv_mod._prune(upconv_mod._gpu_configs(), nargs, **kw):
+                    args[5].fill_(float("nan"))
+                    upconv_mod._upconv_kernel[grid({**nargs, **kw, **cfg.kwargs})](*args, **kw, **cfg.kwargs)
+                    outs.append((tuple(cfg.kwargs.values()), args[5].clone()))
+            return launch
+
+    monkeypatch.setattr(upconv_mod, "_use_tuned", lambda x: True)
+    monkeypatch.setattr(upconv_mod, "_upconv_kernel_tuned", _Shim())
+    N, C, H, W, Cout, G = 1, 36, 5, 3, 9, 4
+    x = torch.randn(N, C, H, W).bfloat16()
+    gw, gb, cw, cb = _params(C, Cout, G, torch.bfloat16)
+    mean, rstd = _stats(x, G)
+    for partitioned in (True, False):
+        outs.clear()
+        ref = tail_reference_stats(x, mean, rstd, gw, gb, cw, cb, G, partitioned)
+        with backend.prefer("triton"):
+            upconv_tail(x, mean, rstd, gw, gb, cw, cb, G, partitioned=partitioned)
+        assert len({c for c, _ in outs}) >= 6
+        for cfg, y in outs:
+            err = (y.double() - ref).abs().max().item()
+            assert err <= 2e-2 * ref.abs().max().item(), (cfg, err)

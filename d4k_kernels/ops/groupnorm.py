@@ -207,10 +207,8 @@ def _stats_torch(x: torch.Tensor, num_groups: int) -> torch.Tensor:
     N = x.shape[0]
     v = x.reshape(N, num_groups, -1).to(torch.float64)
     n = v.shape[-1]
-    s1 = v.sum(dim=-1)
-    mean = s1 / max(n, 1)
-    m2 = (v - mean.unsqueeze(-1)).square().sum(dim=-1)
-    return torch.stack([s1, m2 + n * mean * mean], dim=-1)
+    var, mean = torch.var_mean(v, dim=-1, correction=0)  # one float64 pass (centred, no cancellation)
+    return torch.stack([n * mean, n * (var + mean * mean)], dim=-1)
 
 
 def _apply_triton(x, scale, shift, silu):
@@ -233,14 +231,8 @@ def _apply_torch(x, mean, rstd, weight, bias, num_groups, silu):
     """Plain, differentiable torch GroupNorm apply (fp32 math for 16-bit inputs, float64 for float64)."""
     N, C, H, W = x.shape
     cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
-    cg = C // num_groups
-    v = x.to(cdt).reshape(N, num_groups, cg, H, W)
-    v = (v - mean.to(cdt).view(N, num_groups, 1, 1, 1)) * rstd.to(cdt).view(N, num_groups, 1, 1, 1)
-    v = v.reshape(N, C, H, W)
-    if weight is not None:
-        v = v * weight.to(cdt).view(1, C, 1, 1)
-    if bias is not None:
-        v = v + bias.to(cdt).view(1, C, 1, 1)
+    scale, shift = channel_scale_shift(mean, rstd, weight, bias, num_groups, C, cdt)
+    v = torch.addcmul(shift.view(N, C, 1, 1), x.to(cdt), scale.view(N, C, 1, 1))
     if silu:
         v = torch.nn.functional.silu(v)
     return v.to(x.dtype)

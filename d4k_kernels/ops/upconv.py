@@ -190,6 +190,10 @@ if triton is not None:
                 acc1 = tl.zeros((BW, BN), dtype=tl.float32)
 
 
+# Tile sizes used under the Triton interpreter (no autotuning there); tests override them to exercise several
+# column / row strips and channel blocks on tiny tensors. ROWS=None: one strip of all rows.
+_INTERP_CFG = {"BW": 16, "BC": 16, "BN": None, "ROWS": None}
+
 _KPAD = 64  # weights are padded to a multiple of 64 channels and 64 folded outputs (any BC, BN <= 64 fits)
 
 
@@ -197,7 +201,7 @@ def _gpu_configs():
     cfgs = []
     for bw, bc, bn, nw, ns in (
         (64, 32, 16, 4, 2), (64, 64, 16, 4, 2), (128, 32, 16, 4, 2), (128, 64, 16, 8, 2),
-        (64, 32, 16, 4, 3), (64, 32, 32, 4, 2), (64, 32, 64, 4, 2), (128, 32, 64, 8, 2),
+        (64, 32, 32, 4, 2), (64, 32, 64, 4, 2), (128, 32, 64, 8, 2),
     ):
         cfgs.append(triton.Config({"BW": bw, "BC": bc, "BN": bn}, num_warps=nw, num_stages=ns))
     return cfgs
@@ -224,6 +228,11 @@ if triton is not None:
         configs=_gpu_configs(), key=["C", "NCOL", "W", "D", "IEEE", "INT64"],
         prune_configs_by={"early_config_prune": _prune},
     )(_upconv_kernel)
+
+
+def _use_tuned(x: torch.Tensor) -> bool:
+    """Launch through the autotuner (GPU). Tests patch this to check the GPU launcher under the interpreter."""
+    return x.device.type == "cuda"
 
 
 def _rows_for(H, W, bw, n_z):
@@ -257,7 +266,7 @@ def _upconv_triton(x, scale, shift, conv_weight, conv_bias, partitioned):
     big = max(abs(s) for s in x.stride()) * 64 * max(C, 2 * W, H) >= 2**31 or y.numel() >= 2**31 // 2
     args = (x, wk, bias, scale, shift, y, C, H, W, ncol, KC, NPAD)
     const = dict(D=D, HAS_BIAS=conv_bias is not None, IEEE=ieee, INT64=bool(big))
-    if on_gpu:
+    if _use_tuned(x):
         def grid(meta):
             n_z = N * triton.cdiv(ncol, meta["BN"])
             return (triton.cdiv(W, meta["BW"]), triton.cdiv(H, meta["ROWS"]), n_z)
@@ -266,8 +275,9 @@ def _upconv_triton(x, scale, shift, conv_weight, conv_bias, partitioned):
             raise ValueError(f"upconv_tail: grid too large for x of shape {tuple(x.shape)} and Cout={Cout}")
         _upconv_kernel_tuned[grid](*args, rows, *x.stride(), *y.stride(), **const)
     else:
-        BW, BC, BN = 16, 16, 16 if ncol <= 16 else 32
-        rows = max(1, H)  # fewest programs under the interpreter
+        BW, BC = _INTERP_CFG["BW"], _INTERP_CFG["BC"]
+        BN = _INTERP_CFG["BN"] or (16 if ncol <= 16 else 32)
+        rows = _INTERP_CFG["ROWS"] or max(1, H)  # fewest programs under the interpreter
         grid = (triton.cdiv(W, BW), triton.cdiv(H, rows), N * triton.cdiv(ncol, BN))
         _upconv_kernel[grid](*args, rows, *x.stride(), *y.stride(), **const, BW=BW, BC=BC, BN=BN)
     return y
