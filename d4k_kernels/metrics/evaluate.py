@@ -285,8 +285,7 @@ def evaluate_files(
 
             parts: List[Optional[list]] = [None] * ws
             dist.all_gather_object(parts, [(i, asdict(r)) for i, r in local])
-            merged = sorted((i, ImageRecord(**d)) for part in parts for i, d in part)
-            local = merged
+            local = sorted(((i, ImageRecord(**d)) for part in parts for i, d in part), key=lambda t: t[0])
     finally:
         if mine:
             import torch.distributed as dist
