@@ -99,7 +99,7 @@ def failure(name: str) -> Optional[str]:
 
 
 def _default_cflags() -> List[str]:
-    flags = ["-O3", "-std=c++17"]
+    flags = ["-O3"]
     if platform.machine() in ("x86_64", "AMD64", "aarch64", "arm64"):
         flags.append("-march=native")
     return flags
@@ -161,18 +161,35 @@ def _build(name, sources, cflags, cuda_cflags, ldflags):
     h = hashlib.sha1()
     for p in paths:
         h.update(p.read_bytes())
+    for d in sorted({p.parent for p in paths}):  # headers next to the sources
+        for hdr in sorted(list(d.glob("*.h")) + list(d.glob("*.cuh"))):
+            h.update(hdr.name.encode() + hdr.read_bytes())
     h.update(" ".join(cflags + cuda_cflags + ldflags).encode())
     modname = f"d4k_{name}_{h.hexdigest()[:10]}"
     bdir = cache_dir() / modname
     bdir.mkdir(parents=True, exist_ok=True)
     verbose = os.environ.get("D4K_EXT_VERBOSE", "0").lower() in _TRUE
+    # ninja names objects after the source's base name: copy the sources under unique names
+    # (csrc/glcm.cpp and bindings/glcm.cpp would both make glcm.o); headers stay where they are.
+    sdir = bdir / "src"
+    sdir.mkdir(exist_ok=True)
+    local = []
+    for p in paths:
+        dst = sdir / f"{p.parent.name.lstrip('_')}_{p.name}"
+        data = p.read_bytes()
+        if not dst.is_file() or dst.read_bytes() != data:
+            tmp = dst.with_suffix(dst.suffix + f".tmp{os.getpid()}")
+            tmp.write_bytes(data)
+            os.replace(tmp, dst)
+        local.append(str(dst))
     return cpp_extension.load(
         name=modname,
-        sources=[str(p) for p in paths],
+        sources=local,
         extra_cflags=cflags,
         extra_cuda_cflags=["-O3"] + cuda_cflags,
         extra_ldflags=ldflags,
         build_directory=str(bdir),
+        extra_include_paths=sorted({str(p.parent) for p in paths}),
         with_cuda=with_cuda,
         verbose=verbose,
     )

@@ -1,0 +1,254 @@
+// Torch-free core of the CPU GLCM kernels (see glcm.cpp): counting and the exact entropy.
+//
+// Counting, pixel-outer: the patch is copied (quantised) into a buffer padded with a sentinel level L
+// on the sides the offsets reach past; for every pixel and every distinct offset one table cell
+// tab_u[q1 * RS + q2] is incremented, RS = L + 1, so a partner outside the patch (q2 = L) lands in a
+// garbage column that is never read. Consecutive increments go to different tables, so runs of equal
+// pairs in flat regions do not serialise on store-to-load forwarding, and the loop has no branches.
+// The paper's configuration (patch 64, 64 levels, distances 1-4 x 4 angles = 14 distinct offsets)
+// has a specialised loop with compile-time offsets (one load + one read-modify-write per pair).
+//
+// Entropy: per table, cells equal to 0, 1, 2, 3 are counted with vector compares; larger counts are
+// visited one by one into a histogram with a touched list. Count c of an offset with N pairs maps to
+// the id of the reduced fraction c/N (keytab, built by the Python side), multiplicities of the merged
+// values accumulate in a dense per-thread array with a touched list; entropy = log2(T) - sum flog[n]/T.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#if defined(__AVX512BW__)
+#include <immintrin.h>
+#endif
+
+namespace d4k {
+namespace core {
+
+struct Layout {
+  int P, L, U;                 // patch, levels, distinct offsets that can have pairs
+  int top, left, W, H;         // padding: buffer is H x W, the patch starts at (top, left)
+  int RS;                      // table row stride (L + 1)
+  int64_t TS;                  // table size (L * RS)
+  std::vector<int> dr, dc;     // offsets (only those with |dr| < P and |dc| < P)
+  std::vector<int> delta;      // dr * W + dc
+  std::vector<int> src;        // index of each kept offset in the caller's list
+};
+
+inline Layout make_layout(int P, int L, const int* off, int Uall) {
+  Layout Y;
+  Y.P = P;
+  Y.L = L;
+  int up = 0, down = 0, lft = 0, rgt = 0;
+  for (int u = 0; u < Uall; ++u) {
+    const int r = off[2 * u], c = off[2 * u + 1];
+    if (std::abs(r) >= P || std::abs(c) >= P) continue;  // no pair inside a patch
+    Y.dr.push_back(r);
+    Y.dc.push_back(c);
+    Y.src.push_back(u);
+    up = std::max(up, -r);
+    down = std::max(down, r);
+    lft = std::max(lft, -c);
+    rgt = std::max(rgt, c);
+  }
+  Y.U = (int)Y.dr.size();
+  Y.top = up;
+  Y.left = lft;
+  Y.W = lft + P + rgt;
+  Y.H = up + P + down;
+  Y.RS = L + 1;
+  Y.TS = (int64_t)L * Y.RS;
+  for (int u = 0; u < Y.U; ++u) Y.delta.push_back(Y.dr[u] * Y.W + Y.dc[u]);
+  return Y;
+}
+
+// Quantised patch (lut: level of each 8-bit value) into the padded buffer (sentinel L around it).
+inline void fill_padded(const uint8_t* src, int64_t sh, int64_t sw, const uint8_t* lut, const Layout& Y,
+                        uint8_t* pb) {
+  std::memset(pb, Y.L, (size_t)Y.W * Y.H);
+  for (int r = 0; r < Y.P; ++r) {
+    const uint8_t* row = src + r * sh;
+    uint8_t* out = pb + (int64_t)(r + Y.top) * Y.W + Y.left;
+    if (sw == 1) {
+      for (int c = 0; c < Y.P; ++c) out[c] = lut[row[c]];
+    } else {
+      for (int c = 0; c < Y.P; ++c) out[c] = lut[row[c * sw]];
+    }
+  }
+}
+
+template <typename T>
+inline void count_generic(const uint8_t* pb, const Layout& Y, T* tab) {
+  const int U = Y.U, P = Y.P, W = Y.W, RS = Y.RS;
+  const int* delta = Y.delta.data();
+  const int64_t TS = Y.TS;
+  for (int r = 0; r < P; ++r) {
+    const uint8_t* row = pb + (int64_t)(r + Y.top) * W + Y.left;
+    for (int c = 0; c < P; ++c) {
+      const uint8_t* pp = row + c;
+      T* base = tab + (int64_t)pp[0] * RS;
+      for (int u = 0; u < U; ++u) ++base[u * TS + pp[delta[u]]];
+    }
+  }
+}
+
+// The paper's configuration: P = L = 64, offsets of distances 1..4 at 0, 45, 90, 135 degrees.
+constexpr int kPaperU = 14;
+constexpr int kPaperOff[2 * kPaperU] = {0, 1, 1, 1, 1, 0, 1, -1, 0, 2, 2, 0, 0, 3,
+                                        2, 2, 3, 0, 2, -2, 0, 4, 3, 3, 4, 0, 3, -3};
+constexpr int kPaperW = 3 + 64 + 4;  // left 3 (dc = -3), right 4
+constexpr int kPaperRS = 65;
+constexpr int64_t kPaperTS = 64 * kPaperRS;
+
+inline bool is_paper(const Layout& Y) {
+  if (Y.P != 64 || Y.L != 64 || Y.U != kPaperU || Y.W != kPaperW || Y.top != 0 || Y.left != 3) return false;
+  for (int u = 0; u < kPaperU; ++u)
+    if (Y.dr[u] != kPaperOff[2 * u] || Y.dc[u] != kPaperOff[2 * u + 1]) return false;
+  return true;
+}
+
+template <int u>
+inline void paper_step(const uint8_t* pp, uint16_t* base) {
+  constexpr int d = kPaperOff[2 * u] * kPaperW + kPaperOff[2 * u + 1];
+  ++base[u * kPaperTS + pp[d]];
+}
+
+inline void count_paper(const uint8_t* pb, uint16_t* tab) {
+  for (int r = 0; r < 64; ++r) {
+    const uint8_t* row = pb + (int64_t)r * kPaperW + 3;
+    for (int c = 0; c < 64; ++c) {
+      const uint8_t* pp = row + c;
+      uint16_t* base = tab + (int64_t)pp[0] * kPaperRS;
+      paper_step<0>(pp, base);
+      paper_step<1>(pp, base);
+      paper_step<2>(pp, base);
+      paper_step<3>(pp, base);
+      paper_step<4>(pp, base);
+      paper_step<5>(pp, base);
+      paper_step<6>(pp, base);
+      paper_step<7>(pp, base);
+      paper_step<8>(pp, base);
+      paper_step<9>(pp, base);
+      paper_step<10>(pp, base);
+      paper_step<11>(pp, base);
+      paper_step<12>(pp, base);
+      paper_step<13>(pp, base);
+    }
+  }
+}
+
+template <typename T>
+inline void count_tables(const uint8_t* pb, const Layout& Y, bool paper, T* tab) {
+  if constexpr (sizeof(T) == 2) {
+    if (paper) {
+      count_paper(pb, tab);
+      return;
+    }
+  }
+  count_generic<T>(pb, Y, tab);
+}
+
+struct KeyAcc {
+  std::vector<int64_t> n;        // per key multiplicity
+  std::vector<int32_t> touched;  // keys with n != 0
+  explicit KeyAcc(int64_t k) : n(k, 0) { touched.reserve(4096); }
+  inline void add(int32_t key, int64_t w) {
+    if (w == 0) return;
+    if (n[key] == 0) touched.push_back(key);
+    n[key] += w;
+  }
+  double flush(const double* flog) {
+    double s = 0.0;
+    for (int32_t k : touched) {
+      s += flog[n[k]];
+      n[k] = 0;
+    }
+    touched.clear();
+    return s;
+  }
+};
+
+struct CountHist {  // histogram of counts >= 4 of one table, with the list of distinct counts seen
+  std::vector<uint32_t> h;
+  std::vector<int32_t> seen;
+  int len = 0;
+  explicit CountHist(int64_t nmax) : h(nmax + 1, 0), seen(nmax + 1, 0) {}
+  inline void put(uint32_t v) {
+    const uint32_t c = h[v];
+    h[v] = c + 1;
+    seen[len] = (int32_t)v;
+    len += (c == 0);
+  }
+};
+
+// Visit the L x L valid cells of one table (row stride RS), add its value multiplicities (times mult)
+// to acc, and zero the whole table (garbage column included).
+template <typename T>
+inline void accumulate_table(T* t, const Layout& Y, const int32_t* keys, int64_t mult, KeyAcc& acc,
+                             CountHist& H) {
+  const int L = Y.L, RS = Y.RS;
+  uint64_t z = 0, c1 = 0, c2 = 0, c3 = 0;
+  for (int q1 = 0; q1 < L; ++q1) {
+    T* row = t + (int64_t)q1 * RS;
+    int c = 0;
+#if defined(__AVX512BW__)
+    if constexpr (sizeof(T) == 2) {
+      const __m512i k0 = _mm512_setzero_si512(), k1 = _mm512_set1_epi16(1), k2 = _mm512_set1_epi16(2),
+                    k3 = _mm512_set1_epi16(3);
+      for (; c + 32 <= L; c += 32) {
+        const __m512i v = _mm512_loadu_si512((const void*)(row + c));
+        z += __builtin_popcount(_mm512_cmpeq_epi16_mask(v, k0));
+        c1 += __builtin_popcount(_mm512_cmpeq_epi16_mask(v, k1));
+        c2 += __builtin_popcount(_mm512_cmpeq_epi16_mask(v, k2));
+        c3 += __builtin_popcount(_mm512_cmpeq_epi16_mask(v, k3));
+        uint32_t m = _mm512_cmpgt_epu16_mask(v, k3);
+        while (m) {
+          const int j = __builtin_ctz(m);
+          m &= m - 1;
+          H.put(row[c + j]);
+        }
+      }
+    }
+#endif
+    for (; c < L; ++c) {
+      const uint32_t v = row[c];
+      z += (v == 0);
+      c1 += (v == 1);
+      c2 += (v == 2);
+      c3 += (v == 3);
+      if (v > 3) H.put(v);
+    }
+  }
+  std::memset(t, 0, sizeof(T) * Y.TS);
+  acc.add(keys[0], mult * (int64_t)z);
+  acc.add(keys[1], mult * (int64_t)c1);
+  acc.add(keys[2], mult * (int64_t)c2);
+  acc.add(keys[3], mult * (int64_t)c3);
+  for (int k = 0; k < H.len; ++k) {
+    const int32_t v = H.seen[k];
+    acc.add(keys[v], mult * (int64_t)H.h[v]);
+    H.h[v] = 0;
+  }
+  H.len = 0;
+}
+
+// Distinct-value entropy of one padded patch. tab: U tables (zeroed, left zeroed); acc, H: empty.
+// mult/keytab are indexed by the caller's offset list (Y.src); zeros_extra: cells of the slices whose
+// offsets have no pair inside a patch (all zero), already times their multiplicity.
+template <typename T>
+inline double patch_entropy(const uint8_t* pb, const Layout& Y, bool paper, const int64_t* mult,
+                            const int32_t* keytab, int64_t keystride, int64_t zeros_extra, const double* flog,
+                            double log2T, double T_, T* tab, KeyAcc& acc, CountHist& H) {
+  count_tables<T>(pb, Y, paper, tab);
+  for (int u = 0; u < Y.U; ++u) {
+    const int s = Y.src[u];
+    accumulate_table<T>(tab + u * Y.TS, Y, keytab + s * keystride, mult[s], acc, H);
+  }
+  acc.add(keytab[0], zeros_extra);  // key of the value 0 (c = 0) is the same for every offset
+  return log2T - acc.flush(flog) / T_;
+}
+
+}  // namespace core
+}  // namespace d4k

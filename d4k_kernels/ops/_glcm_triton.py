@@ -1,0 +1,167 @@
+"""Triton kernels of ops/glcm.py (CUDA, or the CPU under the Triton interpreter).
+
+Counting without shared-memory atomics: the co-occurrence counts of one patch and one offset are a
+one-hot matrix product, C[i, j] = sum_p [q1_p == i] [q2_p == j] (pixels p whose partner is inside the
+patch), computed with ``tl.dot`` on int8 one-hot tiles with int32 accumulation: exact, no atomics, the
+(levels x levels) tile stays in registers. Levels above 64 are tiled over (i, j) blocks.
+
+* ``glcm_counts``: one program per (patch, offset, i-block, j-block) writes its int32 tile.
+* ``glcm_scores``: the same program maps each count c of its tile to the id of the reduced fraction
+  c / N (a table lookup, no division) and adds the slice multiplicity to a per-patch integer array of
+  value multiplicities with integer atomics (cells with c = 0 are summed in the program and added
+  once); a second kernel sums flog[n] = n log2 n (float64 table) over that array per patch, and
+  torch finishes entropy = log2(T) - sum / T in float64. No sort, no float division, no float atomics.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _glcm_tile_kernel(
+    g_ptr, s_n, s_h, s_w,               # image (N, H, W), element strides
+    off_ptr,                            # (U, 2) int32 offsets (row, col)
+    out_ptr,                            # counts (NP, U, L, L) int32, or nacc (NPc, K) int32
+    key_ptr, mult_ptr, key_stride, nkeys,
+    p0, ppi, pw, U, qdiv,
+    P: tl.constexpr, L: tl.constexpr, BL: tl.constexpr, BK: tl.constexpr, NB: tl.constexpr,
+    SCORE: tl.constexpr,
+):
+    pid = tl.program_id(0)              # patch within this launch
+    u = tl.program_id(1)                # distinct offset
+    blk = tl.program_id(2)              # (i-block, j-block)
+    ib = (blk // NB) * BL
+    jb = (blk % NB) * BL
+    patch = (p0 + pid).to(tl.int64)
+    img = patch // ppi
+    rem = patch % ppi
+    pr = rem // pw
+    pc = rem % pw
+    base = img * s_n + pr * P * s_h + pc * P * s_w
+    dr = tl.load(off_ptr + 2 * u)
+    dc = tl.load(off_ptr + 2 * u + 1)
+
+    ii = ib + tl.arange(0, BL)          # levels of the first pixel handled by this tile
+    jj = jb + tl.arange(0, BL)
+    acc = tl.zeros((BL, BL), dtype=tl.int32)
+    for start in range(0, P * P, BK):
+        p = start + tl.arange(0, BK)
+        r = p // P
+        c = p % P
+        r2 = r + dr
+        c2 = c + dc
+        m = (p < P * P) & (r2 >= 0) & (r2 < P) & (c2 >= 0) & (c2 < P)
+        g1 = tl.load(g_ptr + base + r.to(tl.int64) * s_h + c.to(tl.int64) * s_w, mask=m, other=0)
+        g2 = tl.load(g_ptr + base + r2.to(tl.int64) * s_h + c2.to(tl.int64) * s_w, mask=m, other=0)
+        q1 = g1.to(tl.int32) // qdiv
+        q2 = g2.to(tl.int32) // qdiv
+        a = ((ii[:, None] == q1[None, :]) & m[None, :]).to(tl.int8)      # (BL, BK)
+        b = ((q2[:, None] == jj[None, :]) & m[:, None]).to(tl.int8)      # (BK, BL)
+        acc += tl.dot(a, b, out_dtype=tl.int32)
+
+    valid = (ii[:, None] < L) & (jj[None, :] < L)
+    if SCORE:
+        keys = tl.load(key_ptr + u * key_stride + acc, mask=valid, other=0)
+        w = tl.load(mult_ptr + u)
+        row = out_ptr + pid.to(tl.int64) * nkeys
+        tl.atomic_add(row + keys, tl.zeros((BL, BL), dtype=tl.int32) + w, mask=valid & (acc > 0))
+        zeros = tl.sum(tl.sum((valid & (acc == 0)).to(tl.int32), axis=1), axis=0)
+        tl.atomic_add(row, zeros * w)       # key 0 is the value 0 for every offset
+    else:
+        dst = out_ptr + ((patch * U + u) * L) * L
+        tl.store(dst + ii[:, None] * L + jj[None, :], acc, mask=valid)
+
+
+@triton.jit
+def _flog_sum_kernel(nacc_ptr, flog_ptr, out_ptr, p0, nkeys, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    row = nacc_ptr + pid.to(tl.int64) * nkeys
+    s = tl.zeros((BLOCK,), dtype=tl.float64)
+    for start in range(0, nkeys, BLOCK):
+        k = start + tl.arange(0, BLOCK)
+        n = tl.load(row + k, mask=k < nkeys, other=0)
+        s += tl.load(flog_ptr + n, mask=k < nkeys, other=0.0)
+    tl.store(out_ptr + p0 + pid, tl.sum(s, axis=0))
+
+
+_BK = 64            # pixels per one-hot tile (the K of the int8 dot) on a GPU
+_BK_INTERPRET = 1024  # under the interpreter fewer, larger numpy steps are much faster
+
+
+def _bk(patch: int, device: torch.device) -> int:
+    bk = _BK if device.type == "cuda" else _BK_INTERPRET
+    return max(32, min(bk, triton.next_power_of_2(patch * patch)))
+
+
+def _tiles(levels: int):
+    bl = min(64, max(16, triton.next_power_of_2(levels)))
+    return bl, triton.cdiv(levels, bl)
+
+
+def _geom(g: torch.Tensor, patch: int):
+    n, h, w = g.shape
+    pw = w // patch
+    ppi = (h // patch) * pw
+    return n * ppi, ppi, pw
+
+
+def _kept(plan):
+    """Distinct offsets that can have a pair inside a patch (others count nothing)."""
+    return [u for u, (dr, dc) in enumerate(plan.uoffsets) if abs(dr) < plan.patch and abs(dc) < plan.patch]
+
+
+def triton_counts(g: torch.Tensor, plan, qdiv: int) -> torch.Tensor:
+    """(N, H, W) integer image -> (N*P, U, L, L) int32 counts of the plan's distinct offsets."""
+    L, P = plan.levels, plan.patch
+    np_, ppi, pw = _geom(g, P)
+    U = len(plan.uoffsets)
+    out = torch.zeros((np_, U, L, L), dtype=torch.int32, device=g.device)
+    if np_ == 0:
+        return out
+    offs = torch.tensor(plan.uoffsets, dtype=torch.int32, device=g.device).reshape(-1, 2)
+    bl, nb = _tiles(L)
+    bk = _bk(P, g.device)
+    grid = (np_, U, nb * nb)
+    _glcm_tile_kernel[grid](
+        g, g.stride(0), g.stride(1), g.stride(2), offs, out, offs, offs, 0, 0,
+        0, ppi, pw, U, qdiv, P=P, L=L, BL=bl, BK=bk, NB=nb, SCORE=False,
+    )
+    return out
+
+
+def triton_scores(g: torch.Tensor, plan, qdiv: int, tables) -> torch.Tensor:
+    """(N, H, W) integer image -> (N*P,) float64 distinct-value entropy per patch."""
+    keytab, mult, flog, _ = tables
+    L, P = plan.levels, plan.patch
+    np_, ppi, pw = _geom(g, P)
+    out = torch.empty(np_, dtype=torch.float64, device=g.device)
+    if np_ == 0:
+        return out
+    kept = _kept(plan)
+    offs = torch.tensor([plan.uoffsets[u] for u in kept] or [(0, 0)], dtype=torch.int32, device=g.device)
+    kidx = torch.tensor(kept or [0], dtype=torch.long, device=g.device)
+    kt = keytab.index_select(0, kidx).contiguous()
+    mu = mult.index_select(0, kidx).contiguous()
+    cells = L * L
+    zeros_extra = sum(plan.mult[u] for u in range(len(plan.uoffsets)) if u not in kept) * cells
+    bl, nb = _tiles(L)
+    K = plan.nkeys
+    T = plan.cells
+    chunk = max(1, min(np_, (256 << 20) // (4 * K)))
+    for p0 in range(0, np_, chunk):
+        npc = min(chunk, np_ - p0)
+        nacc = torch.zeros((npc, K), dtype=torch.int32, device=g.device)
+        if zeros_extra:
+            nacc[:, 0] = zeros_extra
+        if kept:
+            _glcm_tile_kernel[(npc, len(kept), nb * nb)](
+                g, g.stride(0), g.stride(1), g.stride(2), offs, nacc, kt, mu, kt.stride(0), K,
+                p0, ppi, pw, len(kept), qdiv, P=P, L=L, BL=bl, BK=_bk(P, g.device), NB=nb, SCORE=True,
+            )
+        _flog_sum_kernel[(npc,)](nacc, flog, out, p0, K, BLOCK=1024)
+    # scalars stay out of the kernel: Triton passes Python floats as fp32
+    return math.log2(T) - out / T
