@@ -204,3 +204,18 @@ def test_bad_arguments(seed):
         tiled_decode(vae, torch.randn(4, 8, 8))
     with pytest.raises(ValueError, match="conv_norm_out|not a diffusers"):
         tiled_decode(torch.nn.Linear(2, 2), z)
+
+
+def test_tiled_with_d4k_kernels(seed):
+    """The same exact decode through the d4k GroupNorm / upconv kernels (interpreter on the CPU)."""
+    from d4k_kernels import backend
+    from d4k_kernels.vae.tiled import kernels_available
+
+    if not (kernels_available() and backend.HAS_TRITON and backend.interpreter_enabled()):
+        pytest.skip("d4k_kernels.ops.groupnorm / ops.upconv or the Triton interpreter unavailable")
+    vae = _vae(TWO, SCAutoencoderKL, stride=2)
+    z = torch.randn(1, 4, 9, 7)
+    ref = _untiled(vae, z)
+    with backend.prefer("triton"):
+        out = tiled_decode(vae, z, tile=4, progress=False, use_kernels=True)
+    assert (out - ref).abs().max().item() <= 1e-4 * max(1.0, ref.abs().max().item())
