@@ -182,7 +182,7 @@ def _idwt_cpu(yl: torch.Tensor, yh: Sequence[torch.Tensor], out_h: int, out_w: i
         cur = _inv_level_cpu(cur, yh[k].to(acc))
         n_h, n_w = (out_h, out_w) if k == 0 else yh[k - 1].shape[-2:]
         cur = _fold(cur, n_h, n_w, fold)
-    return cur.to(yl.dtype)
+    return cur.to(yl.dtype).contiguous()   # custom-op outputs are contiguous (as the fake says)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -410,7 +410,7 @@ def _idwt_triton(yl: torch.Tensor, yh: Sequence[torch.Tensor], out_h: int, out_w
             LEVELS=n, BR=br, BC=bc, ACC=_tl_acc(yl.dtype),
         )
         cur = out if fold == "crop" else _fold(out, hs[s], ws[s], fold)
-    cur = cur.to(yl.dtype)
+    cur = cur.to(yl.dtype).contiguous()
     return cur.reshape(lead + cur.shape[-2:])
 
 
