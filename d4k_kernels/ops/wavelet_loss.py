@@ -40,6 +40,13 @@ band_weights
   coarsest LL, then the detail weights per level, finest level first (pytorch_wavelets' yh order).
   For J = 1 both forms are the same 4 values.
 Band weights are constants (a list of floats, or a tensor that does not require grad).
+
+Backends
+--------
+CUDA tensors run the Triton kernels (the DWT and its inverse in registers, any weights). CPU
+tensors run a vectorised torch path; when all band weights are equal it uses that the zero-mode
+Haar pyramid is orthonormal (sum of squared coefficients = sum of d**2, gradient = 2*w*d) and skips
+the transform, which gives the same loss up to float rounding.
 """
 from __future__ import annotations
 
@@ -312,10 +319,8 @@ def _energy_bwd_triton(grad_e, pred, x_t, x0, sigma, weights, levels, need):
 # --------------------------------------------------------------------------------------------
 def _diff_torch(pred, x_t, x0, sigma, acc):
     s = sigma.to(acc).view(-1, 1, 1, 1)
-    d = -(s * pred.to(acc)) - x0.to(acc)
-    if x_t is not None:
-        d = d + x_t.to(acc)
-    return d
+    base = -x0.to(acc) if x_t is None else x_t.to(acc) - x0.to(acc)
+    return torch.addcmul(base, s, pred.to(acc), value=-1.0)
 
 
 def _pad_to(d: torch.Tensor, levels: int) -> torch.Tensor:
@@ -353,9 +358,17 @@ def _bands_torch(d, weights, levels):
     return ll, coeffs
 
 
+def _uniform(weights) -> bool:
+    return all(w == weights[0] for w in weights)
+
+
 def _energy_torch(pred, x_t, x0, sigma, weights, levels):
     acc = _acc_dtype(pred, x_t, x0)
     d = _diff_torch(pred, x_t, x0, sigma, acc)
+    if _uniform(weights):
+        # equal weights: the zero-mode Haar pyramid is orthonormal and the padding is zero, so the
+        # coefficient energy is the energy of d (Parseval); skip the transform on the CPU path
+        return weights[0] * torch.linalg.vector_norm(d.flatten(1), dim=1).square()
     ll, coeffs = _bands_torch(d, weights, levels)
     e = weights[0] * ll.square().sum(dim=(1, 2, 3))
     for j, bands in enumerate(coeffs):
@@ -368,13 +381,20 @@ def _energy_bwd_torch(grad_e, pred, x_t, x0, sigma, weights, levels, need):
     acc = _acc_dtype(pred, x_t, x0)
     N, C, H, W = pred.shape
     d = _diff_torch(pred, x_t, x0, sigma, acc)
-    ll, coeffs = _bands_torch(d, weights, levels)
-    g = ll * weights[0]
-    for j in reversed(range(levels)):
-        lh, hl, hh = coeffs[j]
-        g = _ihaar_torch(g, lh * weights[1 + 3 * j], hl * weights[2 + 3 * j], hh * weights[3 + 3 * j])
-    g = g[:, :, :H, :W] * (2.0 * grad_e.to(acc).view(-1, 1, 1, 1))
+    scale = 2.0 * grad_e.to(acc).view(-1, 1, 1, 1)
     s = sigma.to(acc).view(-1, 1, 1, 1)
+    if _uniform(weights):
+        # W^T (w I) W = w I (orthonormal pyramid, zero padding cropped away): no transform needed
+        if need == (True, False, False, False):
+            return (d * (-weights[0] * scale * s)).to(pred.dtype), None, None, None
+        g = d * (weights[0] * scale)
+    else:
+        ll, coeffs = _bands_torch(d, weights, levels)
+        g = ll * weights[0]
+        for j in reversed(range(levels)):
+            lh, hl, hh = coeffs[j]
+            g = _ihaar_torch(g, lh * weights[1 + 3 * j], hl * weights[2 + 3 * j], hh * weights[3 + 3 * j])
+        g = g[:, :, :H, :W] * scale
     gp = (-s * g).to(pred.dtype) if need[0] else None
     gt = g.to(x_t.dtype) if (need[1] and x_t is not None) else None
     g0 = (-g).to(x0.dtype) if need[2] else None

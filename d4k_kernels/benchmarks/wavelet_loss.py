@@ -1,0 +1,69 @@
+"""Benchmark cases for the fused wavelet flow-matching loss (ops/wavelet_loss.py).
+
+Work measured: forward + backward w.r.t. model_pred (what a training step needs), loss reduction
+"mean", per-sample weighting, default levels=1 / equal band weights (the Diffusion-4K script).
+Peers: the released script formula with pytorch_wavelets ("pytorch_wavelets"), the same math with
+the DWT by slicing ("torch") and that under torch.compile ("torch.compile").
+
+CUDA: (4,16,512,512), (1,16,512,512), (4,16,256,256) bf16 (issue 3), plus d4k with levels=2 and
+      per-band weights on the first shape.
+CPU:  (1,16,128,128) fp32.
+quick: (1,4,16,16) fp32, no torch.compile peers.
+bytes_moved: the three inputs read once + the gradient written once.
+"""
+from __future__ import annotations
+
+from typing import List
+
+import torch
+
+from . import Case
+
+
+def _group_cases(shape, dtype, device, quick: bool, extra: bool = False) -> List[Case]:
+    from ..ops.wavelet_loss import wavelet_loss
+    from ..reference.peers import optional
+    from ..reference.wavelet_loss import plain_torch_formula, released_formula
+
+    g = torch.Generator(device="cpu").manual_seed(0)
+    mk = lambda: torch.randn(shape, generator=g).to(device=device, dtype=dtype)  # noqa: E731
+    pred = mk().requires_grad_(True)
+    xt, x0 = mk(), mk()
+    N = shape[0]
+    sig = torch.rand(N, 1, 1, 1, generator=g).to(device=device, dtype=dtype)
+    w = (0.5 + torch.rand(N, 1, 1, 1, generator=g)).to(device=device)
+
+    def fwd_bwd(fn):
+        def run():
+            loss = fn(pred, xt, x0, sig, w)
+            return torch.autograd.grad(loss, pred)[0]
+        return run
+
+    nbytes = 4 * pred.numel() * pred.element_size()
+    group = f"wavelet_loss fwd+bwd {tuple(shape)} {str(dtype).replace('torch.', '')}"
+    cases = [Case(group, "d4k", fwd_bwd(lambda p, a, b, s, ww: wavelet_loss(p, a, b, s, ww)), nbytes,
+                  "fused fwd (3 reads) + fused bwd (3 reads, 1 write)")]
+    if extra:
+        bw = (1.0, 2.0, 2.0, 4.0)
+        cases.append(Case(group, "d4k levels=2 weighted",
+                          fwd_bwd(lambda p, a, b, s, ww: wavelet_loss(p, a, b, s, ww, levels=2, band_weights=bw)),
+                          nbytes, "not the same loss: the multi-level option"))
+    if optional("pytorch_wavelets") is not None:
+        cases.append(Case(group, "pytorch_wavelets", fwd_bwd(released_formula), nbytes, "the released script"))
+    cases.append(Case(group, "torch", fwd_bwd(plain_torch_formula), nbytes, "script math, DWT by slicing"))
+    if not quick:
+        compiled = torch.compile(plain_torch_formula)
+        cases.append(Case(group, "torch.compile", fwd_bwd(compiled), nbytes))
+    return cases
+
+
+def cases(device: torch.device, quick: bool = False) -> List[Case]:
+    if quick:
+        return _group_cases((1, 4, 16, 16), torch.float32, device, quick=True)
+    if device.type == "cuda":
+        out: List[Case] = []
+        out += _group_cases((4, 16, 512, 512), torch.bfloat16, device, quick, extra=True)
+        out += _group_cases((1, 16, 512, 512), torch.bfloat16, device, quick)
+        out += _group_cases((4, 16, 256, 256), torch.bfloat16, device, quick)
+        return out
+    return _group_cases((1, 16, 128, 128), torch.float32, device, quick)
