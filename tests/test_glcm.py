@@ -1,0 +1,425 @@
+"""GLCM counts, the paper's GLCM Score and graycoprops against skimage (graycomatrix, shannon_entropy,
+graycoprops), on every path: the compiled C++ kernel, the torch fallback and the Triton kernels (under
+the interpreter on the CPU: tiny images only; on CUDA when a GPU is present)."""
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+skimage = pytest.importorskip("skimage")
+from skimage import data  # noqa: E402
+from skimage.feature import graycomatrix  # noqa: E402
+from skimage.measure import shannon_entropy  # noqa: E402
+
+import d4k_kernels  # noqa: E402
+from d4k_kernels import backend  # noqa: E402
+from d4k_kernels.ops import glcm as G  # noqa: E402
+from d4k_kernels.reference import glcm as R  # noqa: E402
+
+_HAS_CUDA = torch.cuda.is_available()
+_INTERP = backend.HAS_TRITON and backend.interpreter_enabled()
+
+
+# ------------------------------------------------------------------------------------------------
+# paths: "cpp" (compiled CPU kernel), "torch" (fallback), "triton" (interpreter / CUDA)
+# ------------------------------------------------------------------------------------------------
+def _cpp_available():
+    return G._cpu_ext() is not None
+
+
+@pytest.fixture
+def use_path(monkeypatch):
+    """use_path(name) -> device; selects the implementation for the rest of the test."""
+    stack = []
+
+    def select(name):
+        if name == "cpp":
+            if not _cpp_available():
+                pytest.skip("compiled CPU extension unavailable here")
+            ctx = backend.prefer("cpu")
+            dev = torch.device("cpu")
+        elif name == "torch":
+            monkeypatch.setattr(G, "_cpu_ext", lambda: None)
+            monkeypatch.setattr(G, "_warned_fallback", True)
+            ctx = backend.prefer("cpu")
+            dev = torch.device("cuda" if _HAS_CUDA else "cpu")
+        elif name == "triton":
+            if _HAS_CUDA:
+                dev = torch.device("cuda")
+            elif _INTERP:
+                dev = torch.device("cpu")
+            else:
+                pytest.skip("no Triton interpreter / GPU")
+            ctx = backend.prefer("triton")
+        else:
+            raise ValueError(name)
+        ctx.__enter__()
+        stack.append(ctx)
+        return dev
+
+    yield select
+    for ctx in reversed(stack):
+        ctx.__exit__(None, None, None)
+
+
+FULL_PATHS = ["cpp", "torch"] + (["triton"] if _HAS_CUDA else [])
+ALL_PATHS = ["cpp", "torch", "triton"]
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers / images
+# ------------------------------------------------------------------------------------------------
+def _natural(size: int) -> np.ndarray:
+    """skimage sample images (8-bit gray) tiled up to size x size."""
+    cam = data.camera()
+    ast = data.astronaut()
+    ast_gray = ((ast[..., 0].astype(np.int32) * 9798 + ast[..., 1].astype(np.int32) * 19235
+                 + ast[..., 2].astype(np.int32) * 3735 + 16384) >> 15).astype(np.uint8)
+    coins = np.pad(data.coins(), ((0, 512 - 303), (0, 512 - 384)), mode="reflect")
+    tile = np.concatenate([np.concatenate([cam, ast_gray], 1), np.concatenate([coins, cam[::-1]], 1)], 0)
+    reps = -(-size // tile.shape[0])
+    return np.ascontiguousarray(np.tile(tile, (reps, reps))[:size, :size])
+
+
+def _mixed(rng, n_side=2) -> np.ndarray:
+    """64k x 64k image whose patches are random, few-level, constant, smooth, natural."""
+    kinds = []
+    nat = data.camera()
+    for i in range(n_side * n_side):
+        k = i % 5
+        if k == 0:
+            p = rng.integers(0, 256, (64, 64))
+        elif k == 1:
+            p = rng.choice(rng.integers(0, 256, 3), size=(64, 64))
+        elif k == 2:
+            p = np.full((64, 64), rng.integers(0, 256))
+        elif k == 3:
+            yy, xx = np.mgrid[0:64, 0:64]
+            p = (yy * rng.integers(1, 4) + xx * rng.integers(0, 3)) % 256
+        else:
+            r, c = rng.integers(0, 448, 2)
+            p = nat[r:r + 64, c:c + 64]
+        kinds.append(p.astype(np.uint8))
+    rows = [np.concatenate(kinds[r * n_side:(r + 1) * n_side], 1) for r in range(n_side)]
+    return np.concatenate(rows, 0)
+
+
+def _ref_scores(gray: np.ndarray, size: int, **kw) -> np.ndarray:
+    return R.patch_scores(gray, size=size, **kw)
+
+
+# ------------------------------------------------------------------------------------------------
+# offsets and counts
+# ------------------------------------------------------------------------------------------------
+def test_paper_offsets_follow_skimage_rounding():
+    offs = G.offsets_of(G.PAPER_DISTANCES, G.PAPER_ANGLES)
+    assert offs == [(0, 1), (1, 1), (1, 0), (1, -1), (0, 2), (1, 1), (2, 0), (1, -1),
+                    (0, 3), (2, 2), (3, 0), (2, -2), (0, 4), (3, 3), (4, 0), (3, -3)]
+
+
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_counts_equal_skimage_random_settings(use_path, path, seed):
+    dev = use_path(path)
+    rng = np.random.default_rng(seed)
+    tiny = path == "triton" and not _HAS_CUDA
+    for trial in range(1 if tiny else 3):
+        levels = int(rng.integers(2, 12 if tiny else 70))
+        patch = int(rng.choice([8, 16] if tiny else [5, 16, 32]))
+        nd, na = int(rng.integers(1, 3)), int(rng.integers(1, 4))
+        distances = [float(x) for x in rng.choice([1, 2, 2.5, 3, 7, 40], nd, replace=False)]
+        angles = [float(x) for x in rng.uniform(-math.pi, 2 * math.pi, na)]
+        symmetric = bool(rng.integers(0, 2))
+        n = 1 if tiny else 2
+        q = rng.integers(0, levels, (n, patch * 2, patch * (1 if tiny else 3))).astype(np.uint8)
+        qt = torch.from_numpy(q).to(dev)
+        out = d4k_kernels.glcm(qt, patch=patch, distances=distances, angles=angles, levels=levels,
+                               symmetric=symmetric)
+        ref = np.stack([R.glcm_counts(x, patch, distances, angles, levels, symmetric) for x in q])
+        assert out.dtype == torch.int32 and out.device.type == dev.type
+        assert tuple(out.shape) == ref.shape
+        np.testing.assert_array_equal(out.cpu().numpy(), ref)
+
+
+@pytest.mark.parametrize("path", FULL_PATHS)
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int32, torch.int64])
+def test_counts_paper_config_dtypes_and_normed(use_path, path, dtype, seed):
+    dev = use_path(path)
+    rng = np.random.default_rng(seed)
+    q = rng.integers(0, 64, (128, 192)).astype(np.uint8)
+    q[:64, :64] = 7  # constant patch
+    qt = torch.from_numpy(q).to(dtype).to(dev)
+    out = G.glcm(qt)
+    assert out.shape == (6, 4, 4, 64, 64)  # unbatched input: no N
+    ref = R.glcm_counts(q, 64, G.PAPER_DISTANCES, G.PAPER_ANGLES, 64)
+    np.testing.assert_array_equal(out.cpu().numpy(), ref)
+    normed = G.glcm(qt, normed=True)
+    assert normed.dtype == torch.float64
+    refn = np.stack([np.transpose(graycomatrix(p, [1, 2, 3, 4], list(G.PAPER_ANGLES), levels=64, normed=True),
+                                  (2, 3, 0, 1)) for p in R.patch_grid(q, 64)])
+    np.testing.assert_array_equal(normed.cpu().numpy(), refn)
+
+
+def test_counts_non_contiguous_input(use_path, seed):
+    use_path("cpp")
+    rng = np.random.default_rng(seed)
+    q = rng.integers(0, 16, (64, 96)).astype(np.uint8)
+    qt = torch.from_numpy(np.ascontiguousarray(q.T)).t()  # a transposed view
+    assert not qt.is_contiguous()
+    out = G.glcm(qt, patch=32, levels=16)
+    np.testing.assert_array_equal(out.numpy(), R.glcm_counts(q, 32, G.PAPER_DISTANCES, G.PAPER_ANGLES, 16))
+
+
+# ------------------------------------------------------------------------------------------------
+# the GLCM Score
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_score_mixed_patches_exact(use_path, path, seed):
+    """random, few-level, constant, smooth and natural patches: <= 1e-12 from the skimage loop."""
+    dev = use_path(path)
+    rng = np.random.default_rng(seed)
+    tiny = path == "triton" and not _HAS_CUDA
+    img = _mixed(rng, n_side=1 if tiny else 4)
+    if tiny:
+        img = np.concatenate([img, _mixed(np.random.default_rng(seed + 2), 1)], 1)  # 2 patches
+    size = img.shape[0]
+    out = G.glcm_score(torch.from_numpy(img).to(dev), size=size, reduction="none")
+    ref = _ref_scores(img, size)
+    assert out.dtype == torch.float64 and out.device.type == dev.type
+    np.testing.assert_allclose(out.cpu().numpy(), ref, rtol=0, atol=1e-12)
+    mean = G.glcm_score(torch.from_numpy(img).to(dev), size=size)
+    assert abs(float(mean) - ref.mean()) <= 1e-12
+
+
+def _no_merge_entropy(patch_q: np.ndarray) -> float:
+    """Entropy if equal fractions of different slices were NOT merged (a wrong variant)."""
+    g = graycomatrix(patch_q, [1, 2, 3, 4], list(G.PAPER_ANGLES), levels=64)
+    counts = []
+    for d in range(4):
+        for a in range(4):
+            n = g[:, :, d, a].sum()
+            _, c = np.unique(g[:, :, d, a], return_counts=True)
+            counts.append((n, dict(zip(_, c))))
+    ns = {}
+    for n, dct in counts:
+        for v, c in dct.items():
+            key = (0, 0) if v == 0 else (int(n), int(v))
+            ns[key] = ns.get(key, 0) + c
+    arr = np.array(list(ns.values()), dtype=np.float64)
+    p = arr / arr.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+@pytest.mark.parametrize("path", FULL_PATHS)
+def test_score_merges_equal_fractions_across_slices(use_path, path):
+    """Patches where c1/N1 == c2/N2 across slices (e.g. 31/3968 = 30/3840): the merge matters."""
+    dev = use_path(path)
+    rng = np.random.default_rng(1)
+    found = 0
+    for _ in range(40):
+        p = rng.choice(rng.integers(0, 256, 2), size=(64, 64)).astype(np.uint8)
+        p[rng.random((64, 64)) < 0.5] = p[0, 0]
+        q = p // 4
+        ref = shannon_entropy(graycomatrix(q, [1, 2, 3, 4], list(G.PAPER_ANGLES), levels=64, normed=True))
+        got = float(G.glcm_score(torch.from_numpy(p).to(dev), size=64))
+        assert abs(got - ref) <= 1e-12
+        found += abs(_no_merge_entropy(q) - ref) > 1e-9
+    assert found > 0, "no patch exercised a cross-slice merge"
+
+
+@pytest.mark.parametrize("path", FULL_PATHS)
+def test_score_natural_2048(use_path, path):
+    dev = use_path(path)
+    img = _natural(2048)
+    ref = _natural_ref_2048()
+    out = G.glcm_score(torch.from_numpy(img).to(dev), reduction="none")
+    assert out.shape == (1024,)
+    np.testing.assert_allclose(out.cpu().numpy(), ref, rtol=0, atol=1e-12)
+
+
+_REF_CACHE = {}
+
+
+def _natural_ref_2048():
+    if "2048" not in _REF_CACHE:
+        _REF_CACHE["2048"] = _ref_scores(_natural(2048), 2048)
+    return _REF_CACHE["2048"]
+
+
+@pytest.mark.slow
+def test_score_natural_4096_cpp(use_path):
+    use_path("cpp")
+    img = _natural(4096 + 64)
+    out = G.glcm_score(torch.from_numpy(img), size=4096, reduction="none")
+    ref = _ref_scores(img, 4096)
+    np.testing.assert_allclose(out.numpy(), ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_score_batch_options_and_crop(use_path, path, seed):
+    dev = use_path(path)
+    rng = np.random.default_rng(seed)
+    tiny = path == "triton" and not _HAS_CUDA
+    h, w = (80, 70) if tiny else (200, 150)
+    size, patch, levels = (32, 32, 16) if tiny else (128, 32, 32)
+    imgs = rng.integers(0, 256, (2, h, w)).astype(np.uint8)
+    imgs[1, :40] = imgs[1, :40] // 64 * 64  # few levels
+    dist, ang = (1, 3), (0.0, math.pi / 2, 2.0)
+    x = torch.from_numpy(imgs).to(dev)
+    out = G.glcm_score(x, size=size, patch=patch, levels=levels, distances=dist, angles=ang, reduction="none")
+    ref = np.stack([_ref_scores(im, size, patch=patch, levels=levels, distances=dist, angles=ang) for im in imgs])
+    assert tuple(out.shape) == ref.shape
+    np.testing.assert_allclose(out.cpu().numpy(), ref, rtol=0, atol=1e-12)
+    mean = G.glcm_score(x, size=size, patch=patch, levels=levels, distances=dist, angles=ang)
+    np.testing.assert_allclose(mean.cpu().numpy(), ref.mean(1), rtol=0, atol=1e-12)
+
+
+def test_score_non_contiguous_and_int_dtypes(use_path, seed):
+    use_path("cpp")
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 256, (128, 128)).astype(np.uint8)
+    img[:64] //= 32
+    ref = _ref_scores(img, 128)
+    t = torch.from_numpy(np.ascontiguousarray(img.T)).t()
+    np.testing.assert_allclose(G.glcm_score(t, size=128, reduction="none").numpy(), ref, rtol=0, atol=1e-12)
+    for dt in (torch.int16, torch.int32, torch.int64):
+        got = G.glcm_score(torch.from_numpy(img).to(dt), size=128, reduction="none").numpy()
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12)
+
+
+def test_paths_agree_on_random_config(use_path, seed):
+    """C++ and torch fallback agree bit-for-bit-ish on an odd configuration (offset past the patch)."""
+    rng = np.random.default_rng(seed)
+    img = torch.from_numpy(rng.integers(0, 256, (2, 96, 96)).astype(np.uint8))
+    kw = dict(size=96, patch=48, levels=8, distances=(1, 60), angles=(0.5, 3.0), reduction="none")
+    use_path("cpp")
+    a = G.glcm_score(img, **kw)
+    ref = np.stack([_ref_scores(im, 96, patch=48, levels=8, distances=(1, 60), angles=(0.5, 3.0))
+                    for im in img.numpy()])
+    np.testing.assert_allclose(a.numpy(), ref, rtol=0, atol=1e-12)
+    use_path("torch")
+    b = G.glcm_score(img, **kw)
+    np.testing.assert_allclose(b.cpu().numpy(), ref, rtol=0, atol=1e-12)
+
+
+def test_torch_compile_fullgraph_cpu(use_path, seed):
+    use_path("cpp")
+    rng = np.random.default_rng(seed)
+    img = torch.from_numpy(rng.integers(0, 256, (1, 128, 128)).astype(np.uint8))
+
+    def f(x):
+        return G.glcm_score(x, size=128) * 2.0
+
+    torch._dynamo.reset()
+    got = torch.compile(f, fullgraph=True, backend="eager")(img)
+    np.testing.assert_allclose(got.numpy(), 2 * _ref_scores(img[0].numpy(), 128).mean(), rtol=0, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------
+# graycoprops / entropy
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("prop", G.PROPS)
+def test_graycoprops_equal_skimage(prop, seed):
+    from skimage.feature import graycoprops as sk_props
+
+    rng = np.random.default_rng(seed)
+    q = rng.integers(0, 8, (32, 64)).astype(np.uint8)
+    q[:, :32] //= 4
+    for symmetric in (False, True):
+        dist, ang = [1, 2, 40], [0, math.pi / 4, 2.0]
+        counts = G.glcm(torch.from_numpy(q), patch=32, distances=dist, angles=ang, levels=8, symmetric=symmetric)
+        got = G.graycoprops(counts, prop).numpy()
+        assert got.shape == (2, 3, 3)
+        for i, p in enumerate(R.patch_grid(q, 32)):
+            P = graycomatrix(p, dist, ang, levels=8, symmetric=symmetric)
+            np.testing.assert_allclose(got[i], sk_props(P, prop), rtol=1e-10, atol=1e-10)
+        normed = G.glcm(torch.from_numpy(q), patch=32, distances=dist, angles=ang, levels=8, symmetric=symmetric,
+                        normed=True)
+        np.testing.assert_allclose(G.graycoprops(normed, prop).numpy(), got, rtol=1e-12, atol=1e-12)
+
+
+def test_glcm_entropy_is_true_entropy(seed):
+    rng = np.random.default_rng(seed)
+    q = rng.integers(0, 16, (64, 64)).astype(np.uint8)
+    counts = G.glcm(torch.from_numpy(q), levels=16)
+    got = G.glcm_entropy(counts).numpy()
+    ref = np.zeros(got.shape)
+    P = graycomatrix(q, [1, 2, 3, 4], list(G.PAPER_ANGLES), levels=16, normed=True)
+    for d in range(4):
+        for a in range(4):
+            p = P[:, :, d, a].ravel()
+            p = p[p > 0]
+            ref[0, d, a] = -(p * np.log2(p)).sum()
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(G.glcm_entropy(counts, base=math.e).numpy(), ref * math.log(2), rtol=1e-12)
+    # the paper's score is a different quantity (distinct-value entropy)
+    assert abs(float(G.glcm_score(torch.from_numpy(q * 16), size=64, levels=16)) - ref.mean()) > 1e-3
+
+
+# ------------------------------------------------------------------------------------------------
+# errors and the fallback warning
+# ------------------------------------------------------------------------------------------------
+def test_bad_inputs_name_the_value():
+    q = torch.zeros(64, 64, dtype=torch.uint8)
+    q[3, 5] = 64
+    with pytest.raises(ValueError, match="64"):
+        G.glcm(q)
+    with pytest.raises(ValueError, match="-2"):
+        G.glcm(torch.full((64, 64), -2, dtype=torch.int32))
+    with pytest.raises(ValueError, match="not a multiple of patch=64"):
+        G.glcm(torch.zeros(64, 70, dtype=torch.uint8))
+    with pytest.raises(TypeError, match="float32"):
+        G.glcm(torch.zeros(64, 64))
+    with pytest.raises(ValueError, match="shape"):
+        G.glcm(torch.zeros(1, 1, 64, 64, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="levels"):
+        G.glcm(q, levels=300)
+    g = torch.zeros(100, 120, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="100x120.*2048"):
+        G.glcm_score(g)
+    with pytest.raises(ValueError, match="reduction"):
+        G.glcm_score(g, size=64, reduction="sum")
+    with pytest.raises(ValueError, match="levels=48"):
+        G.glcm_score(g, size=64, levels=48)
+    with pytest.raises(ValueError, match="size=96"):
+        G.glcm_score(g, size=96)
+    with pytest.raises(ValueError, match="300"):
+        G.glcm_score(torch.full((64, 64), 300, dtype=torch.int16), size=64)
+    with pytest.raises(ValueError, match="prop"):
+        G.graycoprops(torch.ones(4, 4), "bogus")
+    with pytest.raises(ValueError, match="distances"):
+        G.glcm(q // 2, distances=[])
+
+
+def test_fallback_warns_once(monkeypatch, seed):
+    monkeypatch.setattr(G, "_cpu_ext", lambda: None)
+    monkeypatch.setattr(G, "_warned_fallback", False)
+    monkeypatch.delenv("D4K_NO_EXT", raising=False)
+    img = torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (64, 64)).astype(np.uint8))
+    with backend.prefer("cpu"):
+        with pytest.warns(RuntimeWarning, match="torch fallback"):
+            a = G.glcm_score(img, size=64)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            b = G.glcm_score(img, size=64)
+    assert abs(float(a) - _ref_scores(img.numpy(), 64)[0]) <= 1e-12 and float(a) == float(b)
+
+
+@pytest.mark.cuda
+def test_cuda_triton_matches_cpu_large():
+    img = _natural(4096)
+    x = torch.from_numpy(img)
+    with backend.prefer("cpu"):
+        cpu = G.glcm_score(x, size=4096, reduction="none")
+    with backend.prefer("triton"):
+        gpu = G.glcm_score(x.cuda(), size=4096, reduction="none")
+        counts = G.glcm(x[:512, :512].cuda() // 4)
+    np.testing.assert_allclose(gpu.cpu().numpy(), cpu.numpy(), rtol=0, atol=1e-12)
+    with backend.prefer("cpu"):
+        np.testing.assert_array_equal(counts.cpu().numpy(), G.glcm(x[:512, :512] // 4).numpy())
+    batch = torch.from_numpy(np.stack([np.roll(_natural(2048), 7 * i, 1) for i in range(16)]))
+    with backend.prefer("triton"):
+        s = G.glcm_score(batch.cuda())
+    with backend.prefer("cpu"):
+        np.testing.assert_allclose(s.cpu().numpy(), G.glcm_score(batch).numpy(), rtol=0, atol=1e-12)
