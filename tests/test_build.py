@@ -1,0 +1,105 @@
+"""The compiled-extension loader (d4k_kernels._build): source lookup (repo and wheel layouts), the
+build cache, D4K_NO_EXT, and the warning/fallback path when a build fails."""
+import sys
+import warnings
+
+import pytest
+import torch
+
+from d4k_kernels import _build
+
+
+@pytest.fixture(autouse=True)
+def _fresh_loader():
+    """Each test sees the loader's memo empty and leaves it as it found it."""
+    saved = (dict(_build._loaded), dict(_build._failed))
+    _build._reset_for_tests()
+    yield
+    _build._loaded.clear()
+    _build._failed.clear()
+    _build._loaded.update(saved[0])
+    _build._failed.update(saved[1])
+
+
+def test_find_source_repo_layout():
+    p = _build.find_source("csrc/glcm.cpp")
+    assert p.is_file() and p.parent.name == "csrc"
+    assert _build.find_source("bindings/glcm.cpp").parent.name == "bindings"
+    with pytest.raises(ValueError, match="csrc/ or bindings/"):
+        _build.find_source("elsewhere/x.cpp")
+    with pytest.raises(_build.ExtensionError, match="nope.cpp"):
+        _build.find_source("csrc/nope.cpp")
+
+
+def test_find_source_wheel_layout(tmp_path, monkeypatch):
+    """In an installed wheel the sources live in the packages d4k_kernels._csrc / ._bindings."""
+    pkg = tmp_path / "fake_d4k_csrc"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "k.cpp").write_text("// shipped source\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(_build, "_REPO_ROOT", tmp_path / "no_repo_here")
+    monkeypatch.setitem(_build._PKG_FOR_DIR, "csrc", "fake_d4k_csrc")
+    p = _build.find_source("csrc/k.cpp")
+    assert p.read_text() == "// shipped source\n"
+    sys.modules.pop("fake_d4k_csrc", None)
+
+
+def test_cache_dir_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("D4K_EXT_DIR", str(tmp_path / "a"))
+    assert str(_build.cache_dir()).startswith(str(tmp_path / "a"))
+    monkeypatch.delenv("D4K_EXT_DIR")
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "b"))
+    d = _build.cache_dir()
+    assert str(d).startswith(str(tmp_path / "b" / "d4k_kernels"))
+    assert torch.__version__.split("+")[0].replace(".", "") in d.name
+
+
+def test_disabled_by_env(monkeypatch):
+    monkeypatch.setenv("D4K_NO_EXT", "1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _build.load_extension("glcm", ["csrc/glcm.cpp", "bindings/glcm.cpp"], warn=False) is None
+    assert "D4K_NO_EXT" in _build.failure("glcm")
+    with pytest.raises(_build.ExtensionError, match="D4K_NO_EXT"):
+        _build.load_extension("glcm", ["csrc/glcm.cpp", "bindings/glcm.cpp"], required=True)
+
+
+def test_failed_build_warns_once_and_returns_none(monkeypatch, tmp_path):
+    monkeypatch.delenv("D4K_NO_EXT", raising=False)
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    with pytest.warns(RuntimeWarning, match="no-such-compiler"):
+        assert _build.load_extension("glcm_t", ["csrc/glcm.cpp", "bindings/glcm.cpp"]) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # second call: remembered, silent
+        assert _build.load_extension("glcm_t", ["csrc/glcm.cpp", "bindings/glcm.cpp"]) is None
+
+
+def test_compile_error_is_reported(monkeypatch, tmp_path):
+    monkeypatch.delenv("D4K_NO_EXT", raising=False)
+    monkeypatch.setenv("D4K_EXT_DIR", str(tmp_path / "cache"))
+    bad = tmp_path / "csrc"
+    bad.mkdir()
+    (bad / "broken.cpp").write_text("this is not C++;\n")
+    monkeypatch.setattr(_build, "_REPO_ROOT", tmp_path)
+    with pytest.raises(_build.ExtensionError, match="broken"):
+        _build.load_extension("broken", ["csrc/broken.cpp"], required=True)
+
+
+def test_glcm_extension_is_built_once_and_cached(monkeypatch):
+    monkeypatch.delenv("D4K_NO_EXT", raising=False)
+    try:
+        mod = _build.load_extension("glcm", ["csrc/glcm.cpp", "bindings/glcm.cpp"], required=True)
+    except _build.ExtensionError as e:
+        pytest.skip(f"no working compiler here: {e}")
+    so = mod.__file__
+    assert so.startswith(str(_build.cache_dir()))
+    assert hasattr(mod, "glcm_counts") and hasattr(mod, "glcm_scores")
+    # a second load (new process state) reuses the cached build: same shared object, no rebuild
+    _build._reset_for_tests()
+    mod2 = _build.load_extension("glcm", ["csrc/glcm.cpp", "bindings/glcm.cpp"], required=True)
+    assert mod2.__file__ == so
+    # the kernel runs: counts of a tiny image (offset (0, 1), 2 levels)
+    g = torch.tensor([[[0, 1], [1, 1]]], dtype=torch.uint8)
+    c = mod2.glcm_counts(g, 2, torch.tensor([[0, 1]], dtype=torch.int32), 2, 1)
+    assert c.tolist() == [[[[0, 1], [0, 1]]]]
