@@ -75,15 +75,22 @@ if backend.HAS_TRITON:
     @triton.jit
     def _load_diff(pred_ptr, xt_ptr, x0_ptr, sigma, n, c, row, col, mask,
                    sp_n, sp_c, sp_h, sp_w, st_n, st_c, st_h, st_w, s0_n, s0_c, s0_h, s0_w,
-                   HAS_XT: tl.constexpr, ACC: tl.constexpr):
-        """d = x_t - sigma * pred - x0 over a [BH, 2, BW, 2] grid (zero outside the image)."""
+                   HAS_XT: tl.constexpr, UNIT_W: tl.constexpr, ACC: tl.constexpr):
+        """d = x_t - sigma * pred - x0 over a [2BH, 2BW] tile (zero outside the image), and pred."""
         r = row.to(tl.int64)
         q = col.to(tl.int64)
-        p = tl.load(pred_ptr + (n * sp_n + c * sp_c) + r * sp_h + q * sp_w, mask=mask, other=0.0).to(ACC)
-        x0 = tl.load(x0_ptr + (n * s0_n + c * s0_c) + r * s0_h + q * s0_w, mask=mask, other=0.0).to(ACC)
+        if UNIT_W:  # unit column stride for all inputs: contiguous rows, vector loads
+            p = tl.load(pred_ptr + (n * sp_n + c * sp_c) + r * sp_h + q, mask=mask, other=0.0).to(ACC)
+            x0 = tl.load(x0_ptr + (n * s0_n + c * s0_c) + r * s0_h + q, mask=mask, other=0.0).to(ACC)
+        else:
+            p = tl.load(pred_ptr + (n * sp_n + c * sp_c) + r * sp_h + q * sp_w, mask=mask, other=0.0).to(ACC)
+            x0 = tl.load(x0_ptr + (n * s0_n + c * s0_c) + r * s0_h + q * s0_w, mask=mask, other=0.0).to(ACC)
         d = -(sigma * p) - x0
         if HAS_XT:
-            xt = tl.load(xt_ptr + (n * st_n + c * st_c) + r * st_h + q * st_w, mask=mask, other=0.0).to(ACC)
+            if UNIT_W:
+                xt = tl.load(xt_ptr + (n * st_n + c * st_c) + r * st_h + q, mask=mask, other=0.0).to(ACC)
+            else:
+                xt = tl.load(xt_ptr + (n * st_n + c * st_c) + r * st_h + q * st_w, mask=mask, other=0.0).to(ACC)
             d = d + xt
         return d, p
 
@@ -125,14 +132,9 @@ if backend.HAS_TRITON:
 
     @triton.jit
     def _grid(BH: tl.constexpr, BW: tl.constexpr, H, W):
-        tr = tl.program_id(1)
-        tc = tl.program_id(2)
-        i = tl.arange(0, BH)[:, None, None, None]
-        p = tl.arange(0, 2)[None, :, None, None]
-        j = tl.arange(0, BW)[None, None, :, None]
-        q = tl.arange(0, 2)[None, None, None, :]
-        row = tr * (2 * BH) + 2 * i + p
-        col = tc * (2 * BW) + 2 * j + q
+        """Rows [2BH, 1] and columns [1, 2BW] of this program's tile, and the in-image mask."""
+        row = tl.program_id(1) * (2 * BH) + tl.arange(0, 2 * BH)[:, None]
+        col = tl.program_id(2) * (2 * BW) + tl.arange(0, 2 * BW)[None, :]
         mask = (row < H) & (col < W)
         return row, col, mask
 
@@ -141,7 +143,7 @@ if backend.HAS_TRITON:
                        C, H, W, n_tiles,
                        sp_n, sp_c, sp_h, sp_w, st_n, st_c, st_h, st_w, s0_n, s0_c, s0_h, s0_w,
                        HAS_XT: tl.constexpr, LEVELS: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
-                       ACC: tl.constexpr):
+                       ACC: tl.constexpr, UNIT_W: tl.constexpr):
         plane = tl.program_id(0)
         n = (plane // C).to(tl.int64)
         c = (plane % C).to(tl.int64)
@@ -149,8 +151,8 @@ if backend.HAS_TRITON:
         row, col, mask = _grid(BH, BW, H, W)
         d, _p = _load_diff(pred_ptr, xt_ptr, x0_ptr, sigma, n, c, row, col, mask,
                            sp_n, sp_c, sp_h, sp_w, st_n, st_c, st_h, st_w, s0_n, s0_c, s0_h, s0_w,
-                           HAS_XT, ACC)
-        ll, lh, hl, hh = _haar(d, ACC)
+                           HAS_XT, UNIT_W, ACC)
+        ll, lh, hl, hh = _haar(tl.reshape(d, (BH, 2, BW, 2)), ACC)
         acc = _w(bw_ptr, 1) * _ssq(lh) + _w(bw_ptr, 2) * _ssq(hl) + _w(bw_ptr, 3) * _ssq(hh)
         if LEVELS >= 2:
             ll, lh, hl, hh = _haar(tl.reshape(ll, (BH // 2, 2, BW // 2, 2)), ACC)
@@ -174,8 +176,8 @@ if backend.HAS_TRITON:
                        C, H, W, n_tiles,
                        sp_n, sp_c, sp_h, sp_w, st_n, st_c, st_h, st_w, s0_n, s0_c, s0_h, s0_w,
                        HAS_XT: tl.constexpr, LEVELS: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
-                       ACC: tl.constexpr, W_PRED: tl.constexpr, W_XT: tl.constexpr, W_X0: tl.constexpr,
-                       W_SIGMA: tl.constexpr):
+                       ACC: tl.constexpr, UNIT_W: tl.constexpr, W_PRED: tl.constexpr, W_XT: tl.constexpr,
+                       W_X0: tl.constexpr, W_SIGMA: tl.constexpr):
         """g = 2 * dL/dE_n * W^T diag(w) W d; grad pred = -sigma g, grad x_t = g, grad x0 = -g,
         per-tile partials of grad sigma = sum(-pred * g). Gradients are written contiguous."""
         plane = tl.program_id(0)
@@ -185,8 +187,8 @@ if backend.HAS_TRITON:
         row, col, mask = _grid(BH, BW, H, W)
         d, p = _load_diff(pred_ptr, xt_ptr, x0_ptr, sigma, n, c, row, col, mask,
                           sp_n, sp_c, sp_h, sp_w, st_n, st_c, st_h, st_w, s0_n, s0_c, s0_h, s0_w,
-                          HAS_XT, ACC)
-        ll1, lh1, hl1, hh1 = _haar(d, ACC)
+                          HAS_XT, UNIT_W, ACC)
+        ll1, lh1, hl1, hh1 = _haar(tl.reshape(d, (BH, 2, BW, 2)), ACC)
         if LEVELS >= 2:
             ll2, lh2, hl2, hh2 = _haar(tl.reshape(ll1, (BH // 2, 2, BW // 2, 2)), ACC)
         if LEVELS >= 3:
@@ -219,7 +221,7 @@ if backend.HAS_TRITON:
         if LEVELS == 1:
             g = ll1 * wll
         g4 = _ihaar(g, lh1 * _w(bw_ptr, 1), hl1 * _w(bw_ptr, 2), hh1 * _w(bw_ptr, 3), ACC)
-        g4 = g4 * (2.0 * tl.load(gE_ptr + n).to(ACC))
+        g4 = tl.reshape(g4, (2 * BH, 2 * BW)) * (2.0 * tl.load(gE_ptr + n).to(ACC))
         # contiguous outputs (N, C, H, W)
         off = (n * C + c) * H * W + row.to(tl.int64) * W + col.to(tl.int64)
         if W_PRED:
@@ -229,7 +231,7 @@ if backend.HAS_TRITON:
         if W_X0:
             tl.store(g0_ptr + off, (-g4).to(g0_ptr.dtype.element_ty), mask=mask)
         if W_SIGMA:
-            part = tl.sum(tl.sum(tl.sum(tl.sum(-p * g4, axis=3), axis=2), axis=1), axis=0)
+            part = tl.sum(tl.sum(-p * g4, axis=1), axis=0)
             tile = tl.program_id(1) * tl.num_programs(2) + tl.program_id(2)
             tl.store(part_ptr + plane.to(tl.int64) * n_tiles + tile, part)
 
@@ -255,6 +257,10 @@ def _acc_dtype(*ts: Optional[torch.Tensor]) -> torch.dtype:
 
 def _tl_acc(dt: torch.dtype):
     return tl.float64 if dt == torch.float64 else tl.float32
+
+
+def _unit_w(*ts) -> bool:
+    return all(t is None or t.stride(3) == 1 or t.shape[3] == 1 for t in ts)
 
 
 def _strides(t: Optional[torch.Tensor], like: torch.Tensor):
@@ -284,7 +290,8 @@ def _energy_triton(pred, x_t, x0, sigma, weights, levels):
     _wl_fwd_kernel[(N * C, th, tw)](
         pred, xt, x0, sigma, bwt, part, C, H, W, th * tw,
         *pred.stride(), *_strides(x_t, pred), *x0.stride(),
-        HAS_XT=x_t is not None, LEVELS=levels, BH=bh, BW=bw, ACC=_tl_acc(acc), num_warps=4,
+        HAS_XT=x_t is not None, LEVELS=levels, BH=bh, BW=bw, ACC=_tl_acc(acc), UNIT_W=_unit_w(pred, x_t, x0),
+        num_warps=4,
     )
     return part.view(N, C * th * tw).sum(dim=1)
 
@@ -306,7 +313,7 @@ def _energy_bwd_triton(grad_e, pred, x_t, x0, sigma, weights, levels, need):
         part if part is not None else bwt,
         C, H, W, th * tw,
         *pred.stride(), *_strides(x_t, pred), *x0.stride(),
-        HAS_XT=x_t is not None, LEVELS=levels, BH=bh, BW=bw, ACC=_tl_acc(acc),
+        HAS_XT=x_t is not None, LEVELS=levels, BH=bh, BW=bw, ACC=_tl_acc(acc), UNIT_W=_unit_w(pred, x_t, x0),
         W_PRED=gp is not None, W_XT=gt is not None, W_X0=g0 is not None, W_SIGMA=part is not None,
         num_warps=4,
     )
