@@ -167,12 +167,15 @@ def _dwt_cpu(x: torch.Tensor, levels: int, mode: str):
 
 def _inv_level_cpu(ll: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     lh, hl, hh = d.select(-3, 0), d.select(-3, 1), d.select(-3, 2)
+    h, w = ll.shape[-2], ll.shape[-1]
     p, q = ll + lh, hl + hh
     r, t = ll - lh, hl - hh
-    top = torch.stack((p + q, p - q), dim=-1)               # (..., h, w, 2)
-    bot = torch.stack((r + t, r - t), dim=-1)
-    out = torch.stack((top, bot), dim=-3).mul_(0.5)         # (..., h, 2, w, 2)
-    return out.flatten(-2).flatten(-3, -2)                  # (..., 2h, 2w)
+    out = torch.empty(ll.shape[:-2] + (h, 2, w, 2), dtype=ll.dtype, device=ll.device)
+    torch.add(p, q, out=out[..., :, 0, :, 0])                # the four polyphase components,
+    torch.sub(p, q, out=out[..., :, 0, :, 1])                # written in place (no stack copies)
+    torch.add(r, t, out=out[..., :, 1, :, 0])
+    torch.sub(r, t, out=out[..., :, 1, :, 1])
+    return out.mul_(0.5).view(ll.shape[:-2] + (2 * h, 2 * w))
 
 
 def _idwt_cpu(yl: torch.Tensor, yh: Sequence[torch.Tensor], out_h: int, out_w: int, fold: str):
