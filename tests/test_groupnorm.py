@@ -43,6 +43,16 @@ def test_stats_accumulate_over_tile_cores(backend_device, seed):
     torch.testing.assert_close(acc, whole, rtol=1e-6, atol=1e-6 * whole.abs().max().item())
 
 
+def test_stats_strided_wide_rows(backend_device, seed):
+    # a strided view wider than one column chunk, with several row blocks per program
+    _, dev = backend_device
+    base = torch.randn(2, 4, 9, 2 * 70 + 1, device=dev) * 3 + 5
+    x = base[..., 1::2]
+    assert x.shape == (2, 4, 9, 70) and not x.is_contiguous()
+    ref = group_stats_reference(x.cpu(), 2)
+    torch.testing.assert_close(group_norm_stats(x, 2).cpu(), ref, rtol=1e-6, atol=1e-6 * ref.abs().max().item())
+
+
 @pytest.mark.parametrize("silu", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_apply_equals_group_norm(backend_device, seed, silu, dtype):

@@ -106,12 +106,11 @@ if triton is not None:
     @triton.jit
     def _gn_stats_kernel(
         x_ptr, part_ptr,
-        C_G, HW, W, GROUP_SIZE,
-        sxn, sxc, sxh, sxw,
+        C_G, GROUP_SIZE, sxn, sxc,
         G, ITERS, N_PROGS,
-        CONTIG: tl.constexpr, BLOCK: tl.constexpr,
+        BLOCK: tl.constexpr,
     ):
-        # one program: a contiguous run of ITERS * BLOCK elements of one (sample, group)
+        # one program: a contiguous run of ITERS * BLOCK elements of one (sample, group) (contiguous groups)
         pid_b = tl.program_id(0)
         pid_ng = tl.program_id(1)
         n = pid_ng // G
@@ -125,15 +124,7 @@ if triton is not None:
         for it in range(ITERS):
             e = start + it * BLOCK + offs  # int64 flat index inside the group
             mask = e < GROUP_SIZE
-            if CONTIG:
-                addr = base + e
-            else:
-                c = e // HW
-                hw = e - c * HW
-                h = hw // W
-                w = hw - h * W
-                addr = base + c * sxc + h * sxh + w * sxw
-            v = tl.load(x_ptr + addr, mask=mask, other=0.0).to(tl.float32)
+            v = tl.load(x_ptr + base + e, mask=mask, other=0.0).to(tl.float32)
             nb = tl.sum(mask.to(tl.float32), axis=0)
             mb = tl.sum(v, axis=0) / tl.maximum(nb, 1.0)
             d = tl.where(mask, v - mb, 0.0)
@@ -144,6 +135,52 @@ if triton is not None:
             mean = mean + delta * frac
             m2 = m2 + m2b + delta * delta * cnt * frac
             cnt = ntot
+        out = part_ptr + (pid_ng.to(tl.int64) * N_PROGS + pid_b) * 3
+        tl.store(out, cnt)
+        tl.store(out + 1, mean)
+        tl.store(out + 2, m2)
+
+    @triton.jit
+    def _gn_stats_rows_kernel(
+        x_ptr, part_ptr,
+        H, W, R, C_G,
+        sxn, sxc, sxh, sxw,
+        G, ROW_ITERS, N_PROGS,
+        RB: tl.constexpr, WB: tl.constexpr,
+    ):
+        # strided inputs (tile-core views): one program = ROW_ITERS blocks of RB rows (c*H + h) of one
+        # (sample, group), each row read in WB-wide column chunks; the same (count, mean, M2) merging
+        pid_b = tl.program_id(0)
+        pid_ng = tl.program_id(1)
+        n = pid_ng // G
+        g = pid_ng % G
+        base = x_ptr + n.to(tl.int64) * sxn + (g * C_G).to(tl.int64) * sxc
+        rr = tl.arange(0, RB)
+        ww = tl.arange(0, WB)
+        cnt = tl.zeros((), dtype=tl.float32)
+        mean = tl.zeros((), dtype=tl.float32)
+        m2 = tl.zeros((), dtype=tl.float32)
+        for it in range(ROW_ITERS):
+            t = (pid_b * ROW_ITERS + it) * RB + rr
+            rmask = t < R
+            c = t // H
+            h = t - c * H
+            roff = c.to(tl.int64) * sxc + h.to(tl.int64) * sxh
+            for w0 in range(0, W, WB):
+                w = w0 + ww
+                mask = rmask[:, None] & (w < W)[None, :]
+                v = tl.load(base + roff[:, None] + w.to(tl.int64)[None, :] * sxw, mask=mask, other=0.0)
+                v = v.to(tl.float32)
+                nb = tl.sum(tl.sum(mask.to(tl.float32), axis=1), axis=0)
+                mb = tl.sum(tl.sum(v, axis=1), axis=0) / tl.maximum(nb, 1.0)
+                d = tl.where(mask, v - mb, 0.0)
+                m2b = tl.sum(tl.sum(d * d, axis=1), axis=0)
+                ntot = cnt + nb
+                delta = mb - mean
+                frac = nb / tl.maximum(ntot, 1.0)
+                mean = mean + delta * frac
+                m2 = m2 + m2b + delta * delta * cnt * frac
+                cnt = ntot
         out = part_ptr + (pid_ng.to(tl.int64) * N_PROGS + pid_b) * 3
         tl.store(out, cnt)
         tl.store(out + 1, mean)
@@ -162,19 +199,19 @@ if triton is not None:
         c = pid_nc % C
         a = tl.load(scale_ptr + pid_nc)
         b = tl.load(shift_ptr + pid_nc)
-        e = pid_s.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        e = pid_s * BLOCK + tl.arange(0, BLOCK)      # int32: H * W < 2^31 (checked on the host)
         mask = e < HW
         if CONTIG:
             src = n.to(tl.int64) * sxn + c.to(tl.int64) * sxc + e
         else:
-            h = e // W
+            h = e // W                                 # int32 division (cheap next to int64)
             w = e - h * W
-            src = n.to(tl.int64) * sxn + c.to(tl.int64) * sxc + h * sxh + w * sxw
+            src = n.to(tl.int64) * sxn + c.to(tl.int64) * sxc + h.to(tl.int64) * sxh + w.to(tl.int64) * sxw
         v = tl.load(x_ptr + src, mask=mask, other=0.0).to(tl.float32)
         v = v * a + b
         if SILU:
             v = v * tl.sigmoid(v)
-        tl.store(y_ptr + pid_nc.to(tl.int64) * HW + e, v.to(y_ptr.dtype.element_ty), mask=mask)
+        tl.store(y_ptr + pid_nc.to(tl.int64) * HW + e.to(tl.int64), v.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 def _stats_triton(x: torch.Tensor, num_groups: int) -> torch.Tensor:
@@ -190,12 +227,23 @@ def _stats_triton(x: torch.Tensor, num_groups: int) -> torch.Tensor:
     per_group = triton.cdiv(gsize, iters * BLOCK)
     sn, sc, sh, sw = x.stride()
     contig = (sw == 1 or W == 1) and (sh == W or H == 1) and (sc == HW or cg == 1)
-    part = torch.empty((N * num_groups, per_group, 3), dtype=torch.float32, device=x.device)
-    grid = (per_group, N * num_groups)
-    _gn_stats_kernel[grid](
-        x, part, cg, HW, W, gsize, sn, sc, sh, sw, num_groups, iters, per_group,
-        CONTIG=contig, BLOCK=BLOCK,
-    )
+    if contig:  # the group is one contiguous run: 1-D blocks
+        part = torch.empty((N * num_groups, per_group, 3), dtype=torch.float32, device=x.device)
+        _gn_stats_kernel[(per_group, N * num_groups)](
+            x, part, cg, gsize, sn, sc, num_groups, iters, per_group, BLOCK=BLOCK,
+        )
+    else:  # strided (e.g. a tile core of a larger tensor): 2-D [rows, columns] blocks, no per-element division
+        WB = min(triton.next_power_of_2(W), 1024 if on_gpu else 64)
+        RB = max(1, BLOCK // WB)
+        R = cg * H
+        row_blocks = triton.cdiv(R, RB)
+        per_group = max(1, min(row_blocks, triton.cdiv(target, N * num_groups)))
+        row_iters = triton.cdiv(row_blocks, per_group)
+        per_group = triton.cdiv(row_blocks, row_iters)
+        part = torch.empty((N * num_groups, per_group, 3), dtype=torch.float32, device=x.device)
+        _gn_stats_rows_kernel[(per_group, N * num_groups)](
+            x, part, H, W, R, cg, sn, sc, sh, sw, num_groups, row_iters, per_group, RB=RB, WB=WB,
+        )
     p = part.to(torch.float64)
     cnt, mean, m2 = p[..., 0], p[..., 1], p[..., 2]
     s1 = (cnt * mean).sum(dim=1)
@@ -219,6 +267,8 @@ def _apply_triton(x, scale, shift, silu):
         return y
     if N * C > 65535:
         raise ValueError(f"group_norm_apply: N*C = {N * C} exceeds the Triton grid limit 65535")
+    if HW >= 2**31 - 4096:
+        raise ValueError(f"group_norm_apply: H*W = {HW} must stay below 2^31 (tile the tensor)")
     sn, sc, sh, sw = x.stride()
     contig = (sw == 1 or W == 1) and (sh == W or H == 1)
     BLOCK = 2048 if x.device.type == "cuda" else 256

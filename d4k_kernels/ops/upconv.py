@@ -225,7 +225,7 @@ def _prune(configs, named_args, **kwargs):
 
 if triton is not None:
     _upconv_kernel_tuned = triton.autotune(
-        configs=_gpu_configs(), key=["C", "NCOL", "W", "D", "IEEE", "INT64"],
+        configs=_gpu_configs(), key=["C", "NCOL", "D", "IEEE", "INT64"],
         prune_configs_by={"early_config_prune": _prune},
     )(_upconv_kernel)
 
