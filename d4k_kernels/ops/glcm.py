@@ -158,21 +158,22 @@ def _patches(q: torch.Tensor, patch: int) -> torch.Tensor:
 
 
 def _torch_counts_chunk(x: torch.Tensor, plan: _Plan) -> torch.Tensor:
-    """x: (B, p, p) int64 quantised patches -> (B, U, L*L) int64 counts."""
+    """x: (B, p, p) int64 quantised patches -> (B, U, L*L) int64 counts (one bincount)."""
     b, p, _ = x.shape
     L = plan.levels
-    out = torch.zeros(b, len(plan.uoffsets), L * L, dtype=torch.int64, device=x.device)
-    base = (torch.arange(b, device=x.device) * (L * L)).view(b, 1, 1)
+    U = len(plan.uoffsets)
+    pair = x * L                                           # q1 * L, shared by every offset
+    codes = []
     for u, (dr, dc) in enumerate(plan.uoffsets):
         r0, r1 = max(0, -dr), min(p, p - dr)
         c0, c1 = max(0, -dc), min(p, p - dc)
         if r1 <= r0 or c1 <= c0:
             continue
-        a = x[:, r0:r1, c0:c1]
-        bb = x[:, r0 + dr:r1 + dr, c0 + dc:c1 + dc]
-        idx = (base + a * L + bb).reshape(-1)
-        out[:, u] = torch.bincount(idx, minlength=b * L * L).view(b, L * L)
-    return out
+        base = ((torch.arange(b, device=x.device) * U + u) * (L * L)).view(b, 1, 1)
+        codes.append((base + pair[:, r0:r1, c0:c1] + x[:, r0 + dr:r1 + dr, c0 + dc:c1 + dc]).reshape(-1))
+    if not codes:
+        return torch.zeros(b, U, L * L, dtype=torch.int64, device=x.device)
+    return torch.bincount(torch.cat(codes), minlength=b * U * L * L).view(b, U, L * L)
 
 
 def _chunk_size(plan: _Plan) -> int:
@@ -191,15 +192,23 @@ def _torch_counts(g: torch.Tensor, plan: _Plan, qdiv: int) -> torch.Tensor:
 
 
 def _entropy_from_counts(cnt: torch.Tensor, plan: _Plan, tables) -> torch.Tensor:
-    """cnt: (B, U, L*L) integer counts of distinct offsets -> (B,) float64 distinct-value entropy."""
+    """cnt: (B, U, L*L) integer counts of distinct offsets -> (B,) float64 distinct-value entropy.
+
+    Histogram of counts per (patch, offset); its non-empty bins map to the id of the reduced fraction
+    c/N_u and are merged per patch by that id (times the offset's slice multiplicity)."""
     keytab, mult, flog, _ = tables
-    b = cnt.shape[0]
-    U = len(plan.uoffsets)
-    keys = torch.gather(keytab.long().unsqueeze(0).expand(b, -1, -1), 2, cnt.long())     # (B, U, LL)
-    w = mult.long().view(1, U, 1).expand_as(keys)
-    nacc = torch.zeros(b, plan.nkeys, dtype=torch.int64, device=cnt.device)
-    nacc.scatter_add_(1, keys.reshape(b, -1), w.reshape(b, -1))
-    s = flog[nacc].sum(1)
+    b, U, _ = cnt.shape
+    K = plan.nkeys
+    width = keytab.shape[1]
+    dev = cnt.device
+    code = (torch.arange(b * U, device=dev).view(b, U, 1) * width + cnt).reshape(-1)
+    hist = torch.bincount(code, minlength=b * U * width).view(b, U, width)
+    bi, ui, ci = hist.nonzero(as_tuple=True)
+    w = hist[bi, ui, ci] * mult.long()[ui]
+    key = keytab.long()[ui, ci] + bi * K
+    uniq, inv = torch.unique(key, return_inverse=True)
+    n = torch.zeros(uniq.shape[0], dtype=torch.int64, device=dev).scatter_add_(0, inv, w)
+    s = torch.zeros(b, dtype=torch.float64, device=dev).scatter_add_(0, uniq // K, flog[n])
     T = plan.cells
     return math.log2(T) - s / T
 

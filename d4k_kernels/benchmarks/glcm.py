@@ -1,0 +1,110 @@
+"""GLCM Score benchmarks: d4k (Triton on CUDA; compiled C++ at 1 and 2 threads and the torch fallback
+on the CPU) beside the paper's skimage loop (graycomatrix + shannon_entropy per 64x64 patch).
+
+The skimage loop runs on the whole image where that takes a few seconds (CPU shapes); on CUDA shapes
+it runs on a subset of the patches and the group/impl name says so (multiply by the stated factor for
+the whole image)."""
+from __future__ import annotations
+
+from typing import List
+
+import numpy as np
+import torch
+
+from . import Case
+
+
+def _natural(size: int, n: int = 1, seed: int = 0) -> np.ndarray:
+    """skimage sample images (8-bit gray) tiled to size x size; n images shifted apart."""
+    from skimage import data
+
+    cam = data.camera()
+    ast = data.astronaut()
+    ag = ((ast[..., 0].astype(np.int32) * 9798 + ast[..., 1].astype(np.int32) * 19235
+           + ast[..., 2].astype(np.int32) * 3735 + 16384) >> 15).astype(np.uint8)
+    tile = np.concatenate([cam, ag], 1)
+    reps = -(-size // 512) + 1
+    big = np.tile(tile, (reps, reps))
+    return np.stack([np.ascontiguousarray(big[(37 * i) % 512:(37 * i) % 512 + size, (53 * i) % 512:(53 * i) % 512 + size])
+                     for i in range(n)])
+
+
+def _skimage_case(group: str, imgs: np.ndarray, size: int, max_patches, label: str) -> List[Case]:
+    try:
+        from ..reference.glcm import patch_scores
+        import skimage  # noqa: F401
+    except ImportError:
+        return []
+
+    def fn():
+        for im in imgs:
+            patch_scores(im, size=size, max_patches=max_patches)
+
+    return [Case(group, label, fn, note="the paper's per-patch skimage loop")]
+
+
+def _threads(n: int, f):
+    def fn():
+        old = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            return f()
+        finally:
+            torch.set_num_threads(old)
+
+    return fn
+
+
+def cases(device: torch.device, quick: bool = False) -> List[Case]:
+    from ..ops import glcm as G
+    from .. import backend
+
+    out: List[Case] = []
+    if device.type == "cuda":
+        shapes = [(1, 512)] if quick else [(1, 4096), (16, 2048)]
+        for n, size in shapes:
+            imgs = _natural(size, n)
+            x = torch.from_numpy(imgs).to(device)
+            npatch = n * (size // 64) ** 2
+            group = f"glcm_score {n}x{size}^2 uint8 ({npatch} patches)"
+            nbytes = x.numel() + 8 * n
+
+            def d4k(x=x, size=size):
+                with backend.prefer("triton"):
+                    return G.glcm_score(x, size=size)
+
+            def fallback(x=x, size=size):
+                with backend.prefer("cpu"):
+                    return G._torch_scores(x[:, :size, :size], G._plan(64, tuple(G.offsets_of(G.PAPER_DISTANCES, G.PAPER_ANGLES)), 64), 4)
+
+            out.append(Case(group, "d4k", d4k, bytes_moved=nbytes))
+            out.append(Case(group, "torch (d4k fallback, GPU)", fallback, bytes_moved=nbytes))
+            sub = 64 if quick else 256
+            out += _skimage_case(group, imgs[:1], size, sub,
+                                 f"skimage loop, {sub} patches (x{npatch // sub} = this group)")
+        return out
+
+    # CPU
+    size = 256 if quick else 2048
+    imgs = _natural(size, 1)
+    x = torch.from_numpy(imgs)
+    npatch = (size // 64) ** 2
+    group = f"glcm_score 1x{size}^2 uint8 ({npatch} patches), CPU"
+    nbytes = x.numel() + 8
+
+    def cpp():
+        with backend.prefer("cpu"):
+            return G.glcm_score(x, size=size)
+
+    have_cpp = G._cpu_ext() is not None
+    if have_cpp:
+        out.append(Case(group, "d4k C++ 1 thread", _threads(1, cpp), bytes_moved=nbytes))
+        out.append(Case(group, "d4k C++ 2 threads", _threads(2, cpp), bytes_moved=nbytes))
+    tsize = min(size, 512)
+    tx = x[:, :tsize, :tsize]
+    plan = G._plan(64, tuple(G.offsets_of(G.PAPER_DISTANCES, G.PAPER_ANGLES)), 64)
+    scale = npatch // ((tsize // 64) ** 2)
+    out.append(Case(group, "torch fallback 1 thread" + (f", {tsize}^2 crop (x{scale})" if scale > 1 else ""),
+                    _threads(1, lambda: G._torch_scores(tx, plan, 4)), bytes_moved=nbytes))
+    out += _skimage_case(group, imgs, size, None, "skimage loop (whole image)")
+    return out
