@@ -249,3 +249,28 @@ def test_gpu_launcher_configs_under_interpreter(seed, monkeypatch):
         for cfg, y in outs:
             err = (y.double() - ref).abs().max().item()
             assert err <= 2e-2 * ref.abs().max().item(), (cfg, err)
+
+
+def test_empty(backend_device):
+    _, dev = backend_device
+    x = torch.randn(1, 4, 0, 3, device=dev)
+    gw, gb, cw, cb = _params(4, 2, 2, device=dev)
+    m, r = torch.zeros(1, 2, device=dev), torch.ones(1, 2, device=dev)
+    assert upconv_tail(x, m, r, gw, gb, cw, cb, 2).shape == (1, 2, 0, 6)
+
+
+@pytest.mark.parametrize("partitioned", [True, False])
+def test_int64_offsets_variant(seed, partitioned):
+    # the 64-bit in-tile offset variant (huge tensors) computes the same as the int32 one
+    if not (backend.HAS_TRITON and backend.interpreter_enabled()):
+        pytest.skip("needs the Triton interpreter")
+    x = torch.randn(1, 6, 5, 4).transpose(2, 3)           # a non-contiguous view
+    gw, gb, cw, cb = _params(6, 3, 3)
+    mean, rstd = _stats(x, 3)
+    with backend.prefer("triton"):
+        y32 = upconv_tail(x, mean, rstd, gw, gb, cw, cb, 3, partitioned=partitioned)
+        with _interp_cfg(INT64=True):
+            y64 = upconv_tail(x, mean, rstd, gw, gb, cw, cb, 3, partitioned=partitioned)
+    torch.testing.assert_close(y64, y32, rtol=0, atol=0)
+    torch.testing.assert_close(y32.double(), tail_reference_stats(x, mean, rstd, gw, gb, cw, cb, 3, partitioned),
+                               rtol=1e-5, atol=1e-5)

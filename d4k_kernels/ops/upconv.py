@@ -192,7 +192,7 @@ if triton is not None:
 
 # Tile sizes used under the Triton interpreter (no autotuning there); tests override them to exercise several
 # column / row strips and channel blocks on tiny tensors. ROWS=None: one strip of all rows.
-_INTERP_CFG = {"BW": 16, "BC": 16, "BN": None, "ROWS": None}
+_INTERP_CFG = {"BW": 16, "BC": 16, "BN": None, "ROWS": None, "INT64": False}
 
 _KPAD = 64  # weights are padded to a multiple of 64 channels and 64 folded outputs (any BC, BN <= 64 fits)
 
@@ -263,8 +263,13 @@ def _upconv_triton(x, scale, shift, conv_weight, conv_bias, partitioned):
     wk = wk.to(x.dtype).to(wdt).contiguous()
     bias = conv_bias.to(torch.float32).contiguous() if conv_bias is not None else scale  # dummy ptr when absent
     # int32 per-element offsets are safe when every in-tile offset stays below 2^31
-    big = max(abs(s) for s in x.stride()) * 64 * max(C, 2 * W, H) >= 2**31 or y.numel() >= 2**31 // 2
+    # (in-tile offsets: < 64 channels * sxc, (W + 1) * sxw, < 16 output channels * 4HW, 2W + 2)
+    lim = 2**31 - 1
+    sxn, sxc, sxh, sxw = (abs(v) for v in x.stride())
+    big = 64 * sxc >= lim or (W + 2) * sxw >= lim or 16 * y.stride(1) >= lim or 2 * W + 2 >= lim
     args = (x, wk, bias, scale, shift, y, C, H, W, ncol, KC, NPAD)
+    if not _use_tuned(x) and _INTERP_CFG["INT64"]:
+        big = True
     const = dict(D=D, HAS_BIAS=conv_bias is not None, IEEE=ieee, INT64=bool(big))
     if _use_tuned(x):
         def grid(meta):
@@ -359,6 +364,9 @@ def upconv_tail(
             raise ValueError(f"conv_bias is on {conv_bias.device} but x is on {x.device}")
     if not isinstance(partitioned, bool):
         raise TypeError(f"partitioned must be a bool, got {partitioned!r}")
+    N, _, H, W = x.shape
+    if N == 0 or H == 0 or W == 0:
+        return torch.empty((N, conv_weight.shape[0], 2 * H, 2 * W), dtype=x.dtype, device=x.device)
     if _needs_grad(x, mean, rstd, gn_weight, gn_bias, conv_weight, conv_bias):
         return _upconv_torch(x, mean, rstd, gn_weight, gn_bias, conv_weight, conv_bias, num_groups, partitioned)
     return _upconv_op(x, mean, rstd, gn_weight, gn_bias, conv_weight, conv_bias, num_groups, partitioned)
