@@ -525,8 +525,7 @@ def _per_sample(v: Optional[torch.Tensor], name: str, N: int, ref: torch.Tensor)
     return v.reshape(N)
 
 
-def _finish(e, count, weighting, reduction):
-    loss = e / count
+def _finish(loss, weighting, reduction):
     if weighting is not None:
         loss = weighting.to(loss.dtype) * loss
     if reduction == "mean":
@@ -536,15 +535,52 @@ def _finish(e, count, weighting, reduction):
     return loss
 
 
+class _EnergyFn(torch.autograd.Function):
+    """Eager-mode autograd wrapper around the same launchers as the custom ops: the custom-op
+    dispatch costs ~100 us of host time per forward+backward, more than the kernels themselves
+    at 4K latent sizes. Under torch.compile the registered ops are used instead."""
+
+    @staticmethod
+    def forward(ctx, pred, x_t, x0, sigma, weights, levels):
+        ctx.save_for_backward(pred, x_t, x0, sigma)
+        ctx.weights, ctx.levels = weights, levels
+        if _use_triton(pred):
+            return _energy_triton(pred, x_t, x0, sigma, weights, levels)
+        return _energy_torch(pred, x_t, x0, sigma, weights, levels)
+
+    @staticmethod
+    def backward(ctx, grad_e):
+        pred, x_t, x0, sigma = ctx.saved_tensors
+        ni = ctx.needs_input_grad
+        need = (bool(ni[0]), bool(ni[1]) and x_t is not None, bool(ni[2]), bool(ni[3]))
+        if not any(need):
+            return None, None, None, None, None, None
+        fn = _energy_bwd_triton if _use_triton(pred) else _energy_bwd_torch
+        gp, gt, g0, gs = fn(grad_e, pred, x_t, x0, sigma, ctx.weights, ctx.levels, need)
+        return gp, gt, g0, gs, None, None
+
+
+def _energy(pred, x_t, x0, sigma, weights: List[float], levels: int) -> torch.Tensor:
+    N = pred.shape[0]
+    s = _per_sample(sigma, "sigmas", N, pred)
+    s = s.to(_acc_dtype(pred, x_t, x0)).contiguous()
+    if torch.compiler.is_compiling():
+        return _wavelet_energy_op(pred, x_t, x0, s, weights, levels)
+    return _EnergyFn.apply(pred, x_t, x0, s, weights, levels)
+
+
 def wavelet_energy(pred, x_t, x0, sigma, levels: int = 1, band_weights=None) -> torch.Tensor:
     """Per-sample weighted Haar energy ``E_n`` of ``d = x_t - sigma*pred - x0`` (``x_t`` may be None),
     differentiable. Float32 (float64 for float64 inputs). See the module docstring."""
-    weights = _norm_weights(band_weights, levels)
-    N = pred.shape[0]
-    s = _per_sample(sigma, "sigmas", N, pred)
-    acc = _acc_dtype(pred, x_t, x0)
-    s = s.to(acc).contiguous()
-    return _wavelet_energy_op(pred, x_t, x0, s, weights, levels)
+    return _energy(pred, x_t, x0, sigma, _norm_weights(band_weights, levels), levels)
+
+
+def _mean_energy(pred, x_t, x0, sigma, levels, band_weights) -> torch.Tensor:
+    """E_n / count: the band weights are divided by the coefficient count so that the kernel's
+    per-sample sum is already the per-sample mean (one small kernel fewer each way)."""
+    count = coefficient_count(pred.shape, levels)
+    weights = [w / count for w in _norm_weights(band_weights, levels)]
+    return _energy(pred, x_t, x0, sigma, weights, levels)
 
 
 def _check_common(levels, reduction):
@@ -582,8 +618,7 @@ def wavelet_loss(model_pred: torch.Tensor, noisy_latents: torch.Tensor, latents:
     if sigmas is None:
         raise TypeError("sigmas must be given (shape (N,) or (N, 1, 1, 1))")
     w = _per_sample(weighting, "weighting", N, model_pred)
-    e = wavelet_energy(model_pred, noisy_latents, latents, sigmas, levels, band_weights)
-    return _finish(e, coefficient_count(model_pred.shape, levels), w, reduction)
+    return _finish(_mean_energy(model_pred, noisy_latents, latents, sigmas, levels, band_weights), w, reduction)
 
 
 def wavelet_mse(pred: torch.Tensor, target: torch.Tensor, levels: int = 1, band_weights=None, weighting=None,
@@ -599,5 +634,4 @@ def wavelet_mse(pred: torch.Tensor, target: torch.Tensor, levels: int = 1, band_
     N = pred.shape[0]
     w = _per_sample(weighting, "weighting", N, pred)
     sigma = torch.full((N,), -1.0, dtype=_acc_dtype(pred, target), device=pred.device)
-    e = wavelet_energy(pred, None, target, sigma, levels, band_weights)
-    return _finish(e, coefficient_count(pred.shape, levels), w, reduction)
+    return _finish(_mean_energy(pred, None, target, sigma, levels, band_weights), w, reduction)
