@@ -54,10 +54,17 @@ class TorchOps:
 
     @staticmethod
     def stats(x: torch.Tensor, num_groups: int, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """(N, G, 2) float64 [sum, sum of squares] of x per (sample, group); added into ``out``."""
-        n = x.shape[0]
-        xf = x.reshape(n, num_groups, -1).to(torch.float64)
-        s = torch.stack([xf.sum(-1), (xf * xf).sum(-1)], dim=-1)
+        """(N, G, 2) float64 [sum, sum of squares] of x per (sample, group); added into ``out``.
+        Per-channel reductions accumulate in float64 without a float64 copy of x."""
+        n, c = x.shape[:2]
+        dims = tuple(range(2, x.dim()))
+        cnt = math.prod(x.shape[2:])
+        xf = x if x.dtype in (torch.float32, torch.float64) else x.to(torch.float32)
+        # per-channel variance and mean (fp32, numerically stable), combined in float64
+        var, mean = torch.var_mean(xf, dim=dims, correction=0)
+        mean, var = mean.to(torch.float64), var.to(torch.float64)
+        s = torch.stack([mean * cnt, (var + mean * mean) * cnt], dim=-1)
+        s = s.reshape(n, num_groups, c // num_groups, 2).sum(2)
         if out is None:
             return s
         out += s
@@ -72,18 +79,21 @@ class TorchOps:
 
     @staticmethod
     def apply(x, mean, rstd, weight, bias, num_groups, act=None):
-        """GroupNorm with the given statistics (computed in fp32, rounded to x.dtype like
-        nn.GroupNorm), then ``act`` on the x.dtype result (as the diffusers decoder does)."""
+        """GroupNorm with the given statistics as x * scale + shift per channel in fp32 (the form
+        nn.GroupNorm's kernels use), rounded to x.dtype, then ``act`` on the x.dtype result (as the
+        diffusers decoder does)."""
         n, c = x.shape[:2]
-        xf = x.reshape(n, num_groups, -1).to(torch.float32)
-        y = (xf - mean[..., None]) * rstd[..., None]
-        y = y.reshape(x.shape)
-        shape = (1, c) + (1,) * (x.dim() - 2)
+        cg = c // num_groups
+        scale = rstd.to(torch.float32).repeat_interleave(cg, dim=1)  # (N, C)
         if weight is not None:
-            y = y * weight.to(torch.float32).reshape(shape)
+            scale = scale * weight.to(torch.float32)
+        shift = -mean.to(torch.float32).repeat_interleave(cg, dim=1) * scale
         if bias is not None:
-            y = y + bias.to(torch.float32).reshape(shape)
-        y = y.to(x.dtype)
+            shift = shift + bias.to(torch.float32)
+        shp = (n, c) + (1,) * (x.dim() - 2)
+        y = torch.addcmul(shift.reshape(shp), x.to(torch.float32), scale.reshape(shp)).to(x.dtype)
+        if isinstance(act, nn.SiLU):
+            return F.silu(y, inplace=True)  # y is a fresh tensor
         return act(y) if act is not None else y
 
     @classmethod
@@ -239,22 +249,39 @@ def _tail(dec):
     return getattr(dec, "stride", 1), bool(getattr(dec, "partitioned", True))
 
 
-def required_halo(dec: nn.Module) -> int:
-    """Latent pixels of context a tile needs on each side: the up path's receptive field (13 for
-    Flux / SD3 / SDXL; 13 for the SC-VAE F16 too), computed from the decoder's layers."""
+def _stage_info(dec) -> Tuple[int, List[Tuple[int, int, int]]]:
+    """Walk the up path backwards from the output and return (halo, stages): ``halo`` is the context a
+    tile needs at the latent resolution, ``stages`` lists (scale, channels, margin) for each
+    resolution: the widest tensor there and the context (pixels at that scale) it still needs."""
     stride, part = _tail(dec)
-    # margins (before, after) needed at the current resolution, walking the up path backwards
+    blocks = list(dec.up_blocks)
+    s = 2 ** sum(1 for blk in blocks if getattr(blk, "upsamplers", None))
+    c0 = dec.conv_norm_out.num_channels
+    stages = []
     if stride == 2:
         b, a = (2, 0) if part else (1, 1)
+        stages.append((2 * s, max(c0, dec.conv_out.out_channels), max(b, a)))
         b, a = math.ceil(b / 2), math.ceil(a / 2)
     else:
         b, a = 1, 1
-    for block in reversed(list(dec.up_blocks)):
-        if getattr(block, "upsamplers", None):
-            b, a = math.ceil((b + 1) / 2), math.ceil((a + 1) / 2)
-        n = 2 * len(block.resnets)
+    for blk in reversed(blocks):
+        c_out = blk.resnets[-1].conv2.out_channels
+        if getattr(blk, "upsamplers", None):
+            b, a = b + 1, a + 1
+            stages.append((s, c_out, max(b, a)))  # the upsampled tensor (and its conv)
+            b, a = math.ceil(b / 2), math.ceil(a / 2)
+            s //= 2
+        n = 2 * len(blk.resnets)
         b, a = b + n, a + n
-    return max(b, a)
+        c_in = blk.resnets[0].conv1.in_channels
+        stages.append((s, max(c_in, c_out), max(b, a)))
+    return max(b, a), stages[::-1]
+
+
+def required_halo(dec: nn.Module) -> int:
+    """Latent pixels of context a tile needs on each side: the up path's receptive field (13 for
+    Flux / SD3 / SDXL and for the SC-VAE F16), computed from the decoder's layers."""
+    return _stage_info(dec)[0]
 
 
 def _scale(dec) -> int:
@@ -320,9 +347,15 @@ def _conv3_tile(x: _Tile, conv: nn.Conv2d, pb: int = 1) -> _Tile:
     ly, hy, sy0, sy1, py0, py1 = _conv_range(x.y0, x.y1, x.H, pb)
     lx, hx, sx0, sx1, px0, px1 = _conv_range(x.x0, x.x1, x.W, pb)
     t = x.t[..., sy0 - x.y0:sy1 - x.y0, sx0 - x.x0:sx1 - x.x0]
-    if py0 or py1 or px0 or px1:
-        t = F.pad(t, (px0, px1, py0, py1))
-    out = F.conv2d(t, conv.weight, conv.bias)
+    if pb == 1:
+        # the conv's own zero padding (no padded copy of the tile); the rows/cols it invents on a
+        # side that is not the image border are cropped away
+        out = F.conv2d(t, conv.weight, conv.bias, padding=1)
+        out = out[..., 1 - py0:out.shape[-2] - 1 + py1, 1 - px0:out.shape[-1] - 1 + px1]
+    else:
+        if py0 or py1 or px0 or px1:
+            t = F.pad(t, (px0, px1, py0, py1))
+        out = F.conv2d(t, conv.weight, conv.bias)
     return x.new(out, ly, hy, lx, hx)
 
 
@@ -407,31 +440,63 @@ def _tile_program(dec, ops, x: _Tile):
 # parking tile state between GroupNorms
 # ----------------------------------------------------------------------------------------------
 
+class _Parked:
+    __slots__ = ("kind", "t", "nbytes", "dev", "event")
+
+    def __init__(self, kind, t, nbytes):
+        self.kind, self.t, self.nbytes, self.dev, self.event = kind, t, nbytes, None, None
+
+
 class _Store:
-    """Keeps parked tensors on the device while they fit ``device_bytes``, else in pinned CPU memory."""
+    """Keeps parked tensors on the device while they fit ``device_bytes``, else in (pinned) host
+    memory. On CUDA the copies run on a side stream: a tile's state goes to the host while the next
+    tile computes, and the next tile's state comes back (:meth:`prefetch`) while this one computes."""
 
     def __init__(self, device: torch.device, device_bytes: Optional[int]):
         self.device = device
         self.limit = device_bytes
         self.on_device = 0
         self.offloaded = 0  # bytes moved to the host (statistics)
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
-    def park(self, t: torch.Tensor):
+    def park(self, t: torch.Tensor) -> _Parked:
         nb = t.numel() * t.element_size()
         if self.limit is None or self.on_device + nb <= self.limit:
             self.on_device += nb
-            return ("dev", t, nb)
-        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=t.device.type == "cuda")
-        host.copy_(t, non_blocking=True)
+            return _Parked("dev", t, nb)
+        host = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=self.stream is not None)
+        if self.stream is not None:
+            self.stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(self.stream):
+                host.copy_(t, non_blocking=True)
+            t.record_stream(self.stream)  # t's memory is not reused before the copy is done
+        else:
+            host.copy_(t)
         self.offloaded += nb
-        return ("host", host, nb)
+        return _Parked("host", host, nb)
 
-    def unpark(self, h) -> torch.Tensor:
-        kind, t, nb = h
-        if kind == "dev":
-            self.on_device -= nb
-            return t
-        return t.to(self.device, non_blocking=True)
+    def prefetch(self, h: _Parked) -> None:
+        if h.kind != "host" or h.dev is not None:
+            return
+        if self.stream is None:
+            h.dev = h.t.to(self.device)
+            return
+        with torch.cuda.stream(self.stream):
+            h.dev = h.t.to(self.device, non_blocking=True)
+            h.event = self.stream.record_event()
+
+    def unpark(self, h: _Parked) -> torch.Tensor:
+        if h.kind == "dev":
+            self.on_device -= h.nbytes
+            return h.t
+        self.prefetch(h)
+        t = h.dev
+        if self.stream is not None:
+            cur = torch.cuda.current_stream(self.device)
+            cur.wait_event(h.event)
+            t.record_stream(cur)
+        h.t = h.dev = h.event = None
+        return t
 
 
 # ----------------------------------------------------------------------------------------------
@@ -453,28 +518,15 @@ class TilePlan:
         return len(self.tiles)
 
 
-def _stages(dec) -> List[Tuple[int, int]]:
-    """(scale, channels) of the widest tensor at each resolution of the up path."""
-    out, s = [], 1
-    c_prev = dec.conv_in.out_channels
-    for block in dec.up_blocks:
-        c = max(c_prev, max(r.conv1.out_channels for r in block.resnets))
-        out.append((s, c))
-        c_prev = block.resnets[-1].conv2.out_channels
-        if getattr(block, "upsamplers", None):
-            s *= 2
-            out.append((s, c_prev))
-    if _tail(dec)[0] == 2:
-        out.append((2 * s, max(c_prev, dec.conv_out.out_channels)))
-    return out
-
-
 def estimate_tile_bytes(dec, n: int, tile: int, halo: int, itemsize: int) -> int:
-    """Peak working bytes of one tile: the widest activation at each scale times a factor that
-    covers the input, the fp32 GroupNorm temporaries, the conv output and the residual."""
+    """Peak working bytes of one tile: at each resolution, the widest activation over the tile's
+    window there (s * tile + 2 * the context still needed, plus the extra halo given) times a factor
+    that covers the input, the fp32 GroupNorm temporaries, the conv output and the residual."""
+    need, stages = _stage_info(dec)
+    extra = max(0, halo - need)
     peak = 0
-    for s, c in _stages(dec):
-        side = s * (tile + 2 * halo)
+    for s, c, m in stages:
+        side = s * (tile + 2 * extra) + 2 * m
         peak = max(peak, n * c * side * side * (4 * itemsize + 8))
     return peak
 
@@ -535,6 +587,18 @@ def plan_tiles(dec, z_shape, dtype, *, tile: Optional[int] = None, max_memory=No
 # the driver
 # ----------------------------------------------------------------------------------------------
 
+def _progress_bar(progress: Optional[bool], total: int):
+    if progress is False or (progress is None and total <= 1):
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+        return None
+    # progress=None: tqdm shows the bar only on a terminal
+    return tqdm(total=total, desc="d4k exact tiled decode", disable=None if progress is None else False,
+                leave=False, unit="tile-step")
+
+
 def _n_groupnorms(dec) -> int:
     return 2 * sum(len(b.resnets) for b in dec.up_blocks) + 1
 
@@ -586,77 +650,65 @@ class ExactTiledDecoder:
         x = dec.conv_in(z)
         x = dec.mid_block(x, None)
         x = x.to(next(iter(dec.up_blocks.parameters())).dtype)
-        n, _, h, w = x.shape
-        H, W, halo = h, w, plan.halo
-        s = _scale(dec)
-        out = None
-        gens, pending = [], []
+        n, _, H, W = x.shape
+        halo, s = plan.halo, _scale(dec)
+        gens = []
         for (y0, y1, x0, x1) in plan.tiles:
             wy0, wy1, wx0, wx1 = max(0, y0 - halo), min(H, y1 + halo), max(0, x0 - halo), min(W, x1 + halo)
             t = _Tile(x[..., wy0:wy1, wx0:wx1], wy0, wy1, wx0, wx1, H, W, (y0, y1, x0, x1))
             gens.append(_tile_program(dec, ops, t))
-            pending.append(None)
-        del x, t
+        del x, t  # the tiles hold views of the mid-block output until their first GroupNorm
         store = _Store(z.device, None if self.offload is False else plan.state_budget)
         steps = _n_groupnorms(dec) + 1
-        bar = None
-        if self.progress or (self.progress is None and len(gens) > 1):
-            try:
-                from tqdm.auto import tqdm
-
-                bar = tqdm(total=steps * len(gens), desc="d4k exact tiled decode",
-                           disable=None if self.progress is None else False, leave=False)
-            except ImportError:  # pragma: no cover
-                bar = None
+        bar = _progress_bar(self.progress, steps * len(gens))
+        out = None
+        # waiting[i]: (the tile's live _Tiles, their parked handles) while it waits at a GroupNorm
+        waiting: List[Optional[Tuple[List[_Tile], List[_Parked]]]] = [None] * len(gens)
+        stats = None
         try:
             for step in range(steps):
                 total, count, norm = None, 0, None
-                reqs: List[Optional[_Req]] = []
                 for i, g in enumerate(gens):
-                    sent = pending[i]
+                    if i + 1 < len(gens) and waiting[i + 1] is not None:
+                        for hd in waiting[i + 1][1]:
+                            store.prefetch(hd)  # the next tile's state comes back while this one runs
                     try:
-                        if sent is None:
+                        if waiting[i] is None:
                             req = next(g)
                         else:
-                            live_h, mean, rstd = sent
-                            req_live = live_h[0]
-                            for k, hd in enumerate(live_h[1]):
-                                req_live[k].t = store.unpark(hd)
-                            req = g.send((mean, rstd))
+                            live, handles = waiting[i]
+                            waiting[i] = None
+                            for tl, hd in zip(live, handles):
+                                tl.t = store.unpark(hd)
+                            req = g.send(stats)
                     except StopIteration as stop:
                         res: _Tile = stop.value
                         if out is None:
-                            out = torch.empty((n, res.t.shape[1], H * s, W * s), dtype=res.t.dtype, device=res.t.device)
+                            out = torch.empty((n, res.t.shape[1], H * s, W * s), dtype=res.t.dtype,
+                                              device=res.t.device)
                         cy0, cy1, cx0, cx1 = res.core_box
                         out[..., cy0:cy1, cx0:cx1] = res.core()
-                        pending[i] = None
-                        reqs.append(None)
                         if bar is not None:
                             bar.update(1)
                         continue
-                    if total is None:
-                        total = req.stats.clone()
-                        norm = req.norm
+                    if norm is None:
+                        total, norm = req.stats, req.norm
+                    elif req.norm is not norm:
+                        raise AssertionError("tiles went out of step")
                     else:
-                        if req.norm is not norm:
-                            raise AssertionError("tiles went out of step")
-                        total += req.stats
+                        total = total + req.stats
                     count += req.count
                     # park the tile's state until every tile has reached this GroupNorm
                     handles = [store.park(tl.t) for tl in req.live]
                     for tl in req.live:
                         tl.t = None
-                    pending[i] = [req.live, handles]
-                    req.stats = None
-                    reqs.append(req)
+                    waiting[i] = (req.live, handles)
+                    req = None
                     if bar is not None:
                         bar.update(1)
                 if norm is None:
                     break
-                mean, rstd = ops.finalize(total, count, norm.eps)
-                for i in range(len(gens)):
-                    live, handles = pending[i]
-                    pending[i] = ((live, handles), mean, rstd)
+                stats = ops.finalize(total, count, norm.eps)
         finally:
             if bar is not None:
                 bar.close()
