@@ -420,14 +420,18 @@ def _idwt_triton(yl: torch.Tensor, yh: Sequence[torch.Tensor], out_h: int, out_w
 # ----------------------------------------------------------------------------------------------
 # custom ops + autograd
 # ----------------------------------------------------------------------------------------------
-@torch.library.custom_op("d4k::haar_dwt2", mutates_args=())
-def _dwt2_op(x: torch.Tensor, levels: int, mode: str) -> List[torch.Tensor]:
-    """[yl, yh_1 (finest), ..., yh_J]."""
+def _dwt2_impl(x: torch.Tensor, levels: int, mode: str) -> List[torch.Tensor]:
     if backend.select(x) == "triton":
         yl, yh = _dwt_triton(x, levels, mode)
     else:
         yl, yh = _dwt_cpu(x, levels, mode)
     return [yl] + list(yh)
+
+
+@torch.library.custom_op("d4k::haar_dwt2", mutates_args=())
+def _dwt2_op(x: torch.Tensor, levels: int, mode: str) -> List[torch.Tensor]:
+    """[yl, yh_1 (finest), ..., yh_J]."""
+    return _dwt2_impl(x, levels, mode)
 
 
 @_dwt2_op.register_fake
@@ -462,6 +466,10 @@ def _idwt2_op(yl: torch.Tensor, yh: List[torch.Tensor], out_h: int, out_w: int, 
     """Inverse (fold="crop"), or the adjoint of the symmetric/periodization ("edge") or reflect
     ("reflect") DWT. Sizes: yh[k] is (..., 3, n_{k+1}), n_0 = (out_h, out_w), n_{k+1} = ceil(n_k/2),
     yl matches yh[-1]."""
+    return _idwt2_impl(yl, yh, out_h, out_w, fold)
+
+
+def _idwt2_impl(yl, yh, out_h: int, out_w: int, fold: str) -> torch.Tensor:
     if backend.select(yl) == "triton":
         return _idwt_triton(yl, yh, out_h, out_w, fold)
     return _idwt_cpu(yl, yh, out_h, out_w, fold)
@@ -489,6 +497,16 @@ _idwt2_op.register_autograd(_idwt2_backward, setup_context=_idwt2_setup)
 # ----------------------------------------------------------------------------------------------
 # public functions
 # ----------------------------------------------------------------------------------------------
+def _eager_no_grad(*tensors) -> bool:
+    """True when the custom-op dispatch can be skipped (it costs tens of microseconds of host
+    time, which is the whole budget of a launch-bound call): eager mode, real devices, and no
+    tensor that autograd must track. torch.compile / export always go through the op."""
+    if torch.compiler.is_compiling():
+        return False
+    grad = torch.is_grad_enabled()
+    return all(t.device.type in ("cpu", "cuda") and not (grad and t.requires_grad) for t in tensors)
+
+
 def dwt2(x: torch.Tensor, levels: int = 1, mode: str = "zero") -> Tuple[torch.Tensor, List[torch.Tensor]]:
     """J-level 2-D Haar DWT over the last two dims: ``(yl, yh)`` in pytorch_wavelets layout."""
     check_tensor(x, "x", dtypes=_DTYPES, min_dim=2)
@@ -504,7 +522,7 @@ def dwt2(x: torch.Tensor, levels: int = 1, mode: str = "zero") -> Tuple[torch.Te
         raise ValueError(
             f"levels={levels} is more than a {H}x{W} input allows: at most {jmax} "
             "(each level halves the size rounding up and needs an input of at least 2x2)")
-    out = _dwt2_op(x, levels, mode)
+    out = _dwt2_impl(x, levels, mode) if _eager_no_grad(x) else _dwt2_op(x, levels, mode)
     return out[0], list(out[1:])
 
 
@@ -557,6 +575,8 @@ def idwt2(coeffs, mode: str = "zero", output_size: Optional[Sequence[int]] = Non
             raise ValueError(f"output_size={tuple(output_size)} does not fit coefficients whose finest "
                              f"level reconstructs {cur_h}x{cur_w}: expected H in ({cur_h - 1}, {cur_h}), "
                              f"W in ({cur_w - 1}, {cur_w})")
+    if _eager_no_grad(yl, *yh):
+        return _idwt2_impl(yl, yh, out_h, out_w, "crop")
     return _idwt2_op(yl, yh, out_h, out_w, "crop")
 
 
