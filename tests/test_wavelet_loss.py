@@ -316,6 +316,26 @@ def test_deterministic(backend_device, seed):
     assert torch.equal(a, b) and torch.equal(ga, gb)
 
 
+@pytest.mark.parametrize("levels", [1, 5])
+def test_gpu_tile_sizes_under_interpreter(seed, monkeypatch, levels):
+    """The fixed GPU tiles (16 x 128 pixels, 32 rows for J = 5) on an image spanning several tiles
+    with ragged edges, run by the Triton interpreter."""
+    if not (backend.HAS_TRITON and backend.interpreter_enabled()):
+        pytest.skip("needs the Triton interpreter")
+    import d4k_kernels.ops.wavelet_loss as wl
+
+    orig = wl._tiles
+    monkeypatch.setattr(wl, "_tiles", lambda H, W, J, fixed=True: orig(H, W, J, True))
+    (p, xt, x0), sig, w = _inputs((1, 2, 37, 141), "cpu", torch.bfloat16)
+    bw = [0.5 + 0.25 * k for k in range(1 + 3 * levels)]
+    with backend.prefer("triton"):
+        out = wavelet_loss(p, xt, x0, sig.float(), w.float(), levels=levels, band_weights=bw)
+        g = _grads(out, [p])[0]
+    ref = wavelet_loss_f64(p, xt, x0, sig.float(), w.float(), levels, bw)
+    _close(out, ref, 1e-5, what="loss")
+    _close(g, _grads(ref, [p])[0], 1e-2, what="grad")
+
+
 def test_coefficient_count_matches_pytorch_wavelets():
     for shape, J in [((1, 3, 7, 9), 1), ((1, 2, 13, 17), 3), ((1, 1, 1, 1), 2), ((1, 4, 16, 16), 4)]:
         yl, yh = ptw.DWTForward(J=J, mode="zero", wave="haar")(torch.zeros(shape))

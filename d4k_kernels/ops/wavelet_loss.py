@@ -240,11 +240,16 @@ def _next_pow2(v: int) -> int:
     return 1 << max(0, (int(v) - 1).bit_length())
 
 
-def _tiles(H: int, W: int, levels: int) -> Tuple[int, int, int, int]:
-    """(BH, BW, tiles_h, tiles_w): level-1 blocks per tile (powers of two, multiples of 2^(J-1))."""
+def _tiles(H: int, W: int, levels: int, fixed: bool = True) -> Tuple[int, int, int, int]:
+    """(BH, BW, tiles_h, tiles_w): level-1 blocks per tile (powers of two, multiples of 2^(J-1)).
+    On a GPU the tile is fixed (16 x 128 pixels, taller for J = 5) so that one compiled kernel per
+    (levels, flags, dtypes) serves every size; under the interpreter it shrinks to small images."""
     need = 1 << (levels - 1)
-    bw = max(need, min(64, _next_pow2((W + 1) // 2)))
-    bh = max(need, min(max(8, 2048 // (4 * bw)), _next_pow2((H + 1) // 2)))
+    if fixed:
+        bh, bw = max(8, need), 64
+    else:
+        bw = max(need, min(64, _next_pow2((W + 1) // 2)))
+        bh = max(need, min(max(8, 2048 // (4 * bw)), _next_pow2((H + 1) // 2)))
     return bh, bw, -(-H // (2 * bh)), -(-W // (2 * bw))
 
 
@@ -283,7 +288,7 @@ def _bw_tensor(weights: Sequence[float], device: torch.device, dtype: torch.dtyp
 def _energy_triton(pred, x_t, x0, sigma, weights, levels):
     N, C, H, W = pred.shape
     acc = _acc_dtype(pred, x_t, x0)
-    bh, bw, th, tw = _tiles(H, W, levels)
+    bh, bw, th, tw = _tiles(H, W, levels, fixed=pred.device.type != "cpu")
     part = torch.empty((N * C, th * tw), dtype=acc, device=pred.device)
     bwt = _bw_tensor(weights, pred.device, acc)
     xt = x_t if x_t is not None else pred
@@ -299,7 +304,7 @@ def _energy_triton(pred, x_t, x0, sigma, weights, levels):
 def _energy_bwd_triton(grad_e, pred, x_t, x0, sigma, weights, levels, need):
     N, C, H, W = pred.shape
     acc = _acc_dtype(pred, x_t, x0)
-    bh, bw, th, tw = _tiles(H, W, levels)
+    bh, bw, th, tw = _tiles(H, W, levels, fixed=pred.device.type != "cpu")
     bwt = _bw_tensor(weights, pred.device, acc)
     xt = x_t if x_t is not None else pred
     gp = torch.empty(pred.shape, dtype=pred.dtype, device=pred.device) if need[0] else None
