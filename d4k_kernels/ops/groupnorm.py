@@ -255,8 +255,10 @@ def _stats_torch(x: torch.Tensor, num_groups: int) -> torch.Tensor:
     N = x.shape[0]
     v = x.reshape(N, num_groups, -1).to(torch.float64)
     n = v.shape[-1]
-    var, mean = torch.var_mean(v, dim=-1, correction=0)  # one float64 pass (centred, no cancellation)
-    return torch.stack([n * mean, n * (var + mean * mean)], dim=-1)
+    s1 = v.sum(dim=-1)
+    mean = s1 / max(n, 1)
+    m2 = (v - mean.unsqueeze(-1)).square().sum(dim=-1)   # centred second pass: no cancellation
+    return torch.stack([s1, m2 + n * mean * mean], dim=-1)
 
 
 def _apply_triton(x, scale, shift, silu):
