@@ -49,6 +49,8 @@ std::vector<int> offsets_vec(const at::Tensor& offsets) {
   return std::vector<int>(p, p + o.numel());
 }
 
+inline int levels_of(const Layout& Y) { return Y.L; }
+
 inline const uint8_t* patch_ptr(const uint8_t* g, const Geometry& G, int64_t patch, int64_t pidx) {
   const int64_t img = pidx / G.ppi, rem = pidx % G.ppi;
   const int64_t pr = rem / G.pw, pc = rem % G.pw;
@@ -110,7 +112,7 @@ void scores_impl(const uint8_t* g, const Geometry& G, int64_t patch, int64_t qdi
     std::vector<uint8_t> pb((size_t)Y.W * Y.H);
     std::vector<T> tab((size_t)(std::max(1, Y.U) * Y.TS), 0);
     KeyAcc acc(nkeys);
-    CountHist H(patch * patch);
+    CountHist H(patch * patch, (int64_t)levels_of(Y) * levels_of(Y));
     for (int64_t p = begin; p < end; ++p) {
       fill_padded(patch_ptr(g, G, patch, p), G.sh, G.sw, lut, Y, pb.data());
       out[p] = patch_entropy<T>(pb.data(), Y, paper, mult, keytab, keystride, zeros_extra, flog, log2T, T_,

@@ -20,7 +20,7 @@
 #include <cstring>
 #include <vector>
 
-#if defined(__AVX512BW__)
+#if defined(__AVX512BW__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -115,28 +115,77 @@ inline void paper_step(const uint8_t* pp, uint16_t* base) {
   ++base[u * kPaperTS + pp[d]];
 }
 
-inline void count_paper(const uint8_t* pb, uint16_t* tab) {
+template <int U0, int U1>
+inline void count_paper_range(const uint8_t* pb, uint16_t* tab) {
   for (int r = 0; r < 64; ++r) {
     const uint8_t* row = pb + (int64_t)r * kPaperW + 3;
     for (int c = 0; c < 64; ++c) {
       const uint8_t* pp = row + c;
       uint16_t* base = tab + (int64_t)pp[0] * kPaperRS;
-      paper_step<0>(pp, base);
-      paper_step<1>(pp, base);
-      paper_step<2>(pp, base);
-      paper_step<3>(pp, base);
-      paper_step<4>(pp, base);
-      paper_step<5>(pp, base);
-      paper_step<6>(pp, base);
-      paper_step<7>(pp, base);
-      paper_step<8>(pp, base);
-      paper_step<9>(pp, base);
-      paper_step<10>(pp, base);
-      paper_step<11>(pp, base);
-      paper_step<12>(pp, base);
-      paper_step<13>(pp, base);
+      if constexpr (U0 <= 0 && 0 < U1) paper_step<0>(pp, base);
+      if constexpr (U0 <= 1 && 1 < U1) paper_step<1>(pp, base);
+      if constexpr (U0 <= 2 && 2 < U1) paper_step<2>(pp, base);
+      if constexpr (U0 <= 3 && 3 < U1) paper_step<3>(pp, base);
+      if constexpr (U0 <= 4 && 4 < U1) paper_step<4>(pp, base);
+      if constexpr (U0 <= 5 && 5 < U1) paper_step<5>(pp, base);
+      if constexpr (U0 <= 6 && 6 < U1) paper_step<6>(pp, base);
+      if constexpr (U0 <= 7 && 7 < U1) paper_step<7>(pp, base);
+      if constexpr (U0 <= 8 && 8 < U1) paper_step<8>(pp, base);
+      if constexpr (U0 <= 9 && 9 < U1) paper_step<9>(pp, base);
+      if constexpr (U0 <= 10 && 10 < U1) paper_step<10>(pp, base);
+      if constexpr (U0 <= 11 && 11 < U1) paper_step<11>(pp, base);
+      if constexpr (U0 <= 12 && 12 < U1) paper_step<12>(pp, base);
+      if constexpr (U0 <= 13 && 13 < U1) paper_step<13>(pp, base);
     }
   }
+}
+
+// Two interleaved pixel streams (rows r and r + 32) into two copies of the tables (copy 2 at
+// tab + kPaperU * kPaperTS): in flat regions the same cell repeats every pixel, and two independent
+// chains of read-modify-writes halve the store-to-load forwarding stalls.
+template <int U0, int U1>
+inline void count_paper_range2(const uint8_t* pb, uint16_t* tab) {
+  uint16_t* tab2 = tab + kPaperU * kPaperTS;
+  for (int r = 0; r < 32; ++r) {
+    const uint8_t* rowa = pb + (int64_t)r * kPaperW + 3;
+    const uint8_t* rowb = pb + (int64_t)(r + 32) * kPaperW + 3;
+    for (int c = 0; c < 64; ++c) {
+      const uint8_t* pa = rowa + c;
+      const uint8_t* pq = rowb + c;
+      uint16_t* ba = tab + (int64_t)pa[0] * kPaperRS;
+      uint16_t* bb = tab2 + (int64_t)pq[0] * kPaperRS;
+#define D4K_STEP2(u)                          \
+  if constexpr (U0 <= u && u < U1) {          \
+    paper_step<u>(pa, ba);                    \
+    paper_step<u>(pq, bb);                    \
+  }
+      D4K_STEP2(0) D4K_STEP2(1) D4K_STEP2(2) D4K_STEP2(3) D4K_STEP2(4) D4K_STEP2(5) D4K_STEP2(6)
+      D4K_STEP2(7) D4K_STEP2(8) D4K_STEP2(9) D4K_STEP2(10) D4K_STEP2(11) D4K_STEP2(12) D4K_STEP2(13)
+#undef D4K_STEP2
+    }
+  }
+}
+
+// Three passes of 4-5 offsets each: the tables of one pass (<= 41 KB) stay in a 48 KB L1.
+inline void count_paper(const uint8_t* pb, uint16_t* tab) {
+#ifndef D4K_GLCM_PASSES
+#define D4K_GLCM_PASSES 3
+#endif
+#if D4K_GLCM_PASSES == 1
+  count_paper_range<0, 14>(pb, tab);
+#elif D4K_GLCM_PASSES == 2
+  count_paper_range<0, 7>(pb, tab);
+  count_paper_range<7, 14>(pb, tab);
+#elif D4K_GLCM_PASSES == 3
+  count_paper_range<0, 5>(pb, tab);
+  count_paper_range<5, 10>(pb, tab);
+  count_paper_range<10, 14>(pb, tab);
+#else
+  count_paper_range<0, 4>(pb, tab);
+  count_paper_range<4, 7>(pb, tab);
+  count_paper_range<7, 11>(pb, tab);
+  count_paper_range<11, 14>(pb, tab);
+#endif
 }
 
 template <typename T>
@@ -173,8 +222,9 @@ struct KeyAcc {
 struct CountHist {  // histogram of counts >= 4 of one table, with the list of distinct counts seen
   std::vector<uint32_t> h;
   std::vector<int32_t> seen;
+  std::vector<uint16_t> big;  // staging of counts >= 4 (vector compress-store)
   int len = 0;
-  explicit CountHist(int64_t nmax) : h(nmax + 1, 0), seen(nmax + 1, 0) {}
+  explicit CountHist(int64_t nmax, int64_t cells = 0) : h(nmax + 1, 0), seen(nmax + 1, 0), big(cells + 64, 0) {}
   inline void put(uint32_t v) {
     const uint32_t c = h[v];
     h[v] = c + 1;
@@ -190,6 +240,7 @@ inline void accumulate_table(T* t, const Layout& Y, const int32_t* keys, int64_t
                              CountHist& H) {
   const int L = Y.L, RS = Y.RS;
   uint64_t z = 0, c1 = 0, c2 = 0, c3 = 0;
+  int64_t nbig = 0;  // counts staged in H.big (AVX-512 VBMI2 path)
   for (int q1 = 0; q1 < L; ++q1) {
     T* row = t + (int64_t)q1 * RS;
     int c = 0;
@@ -199,29 +250,63 @@ inline void accumulate_table(T* t, const Layout& Y, const int32_t* keys, int64_t
                     k3 = _mm512_set1_epi16(3);
       for (; c + 32 <= L; c += 32) {
         const __m512i v = _mm512_loadu_si512((const void*)(row + c));
+        _mm512_storeu_si512((void*)(row + c), k0);  // zero while the line is hot
         z += __builtin_popcount(_mm512_cmpeq_epi16_mask(v, k0));
         c1 += __builtin_popcount(_mm512_cmpeq_epi16_mask(v, k1));
         c2 += __builtin_popcount(_mm512_cmpeq_epi16_mask(v, k2));
         c3 += __builtin_popcount(_mm512_cmpeq_epi16_mask(v, k3));
-        uint32_t m = _mm512_cmpgt_epu16_mask(v, k3);
-        while (m) {
-          const int j = __builtin_ctz(m);
-          m &= m - 1;
+        const __mmask32 m = _mm512_cmpgt_epu16_mask(v, k3);
+#if defined(__AVX512VBMI2__)
+        _mm512_mask_compressstoreu_epi16((void*)(H.big.data() + nbig), m, v);
+        nbig += __builtin_popcount((uint32_t)m);
+#else
+        uint32_t mm = m;
+        while (mm) {
+          const int j = __builtin_ctz(mm);
+          mm &= mm - 1;
           H.put(row[c + j]);
+        }
+#endif
+      }
+    }
+#elif defined(__AVX2__)
+    if constexpr (sizeof(T) == 2) {
+      const __m256i k0 = _mm256_setzero_si256(), k1 = _mm256_set1_epi16(1), k2 = _mm256_set1_epi16(2),
+                    k3 = _mm256_set1_epi16(3), k4 = _mm256_set1_epi16(4);
+      for (; c + 16 <= L; c += 16) {
+        const __m256i v = _mm256_loadu_si256((const __m256i*)(row + c));
+        _mm256_storeu_si256((__m256i*)(row + c), k0);
+        // movemask gives 2 bits per 16-bit lane
+        z += __builtin_popcount((uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi16(v, k0))) >> 1;
+        c1 += __builtin_popcount((uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi16(v, k1))) >> 1;
+        c2 += __builtin_popcount((uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi16(v, k2))) >> 1;
+        c3 += __builtin_popcount((uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi16(v, k3))) >> 1;
+        // v >= 4 (unsigned): max(v, 4) == v
+        uint32_t mm = (uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi16(_mm256_max_epu16(v, k4), v)) & 0x55555555u;
+        if (mm) {
+          alignas(32) uint16_t vals[16];
+          _mm256_store_si256((__m256i*)vals, v);
+          while (mm) {
+            const int j = __builtin_ctz(mm) >> 1;
+            mm &= mm - 1;
+            H.put(vals[j]);
+          }
         }
       }
     }
 #endif
     for (; c < L; ++c) {
       const uint32_t v = row[c];
+      row[c] = 0;
       z += (v == 0);
       c1 += (v == 1);
       c2 += (v == 2);
       c3 += (v == 3);
       if (v > 3) H.put(v);
     }
+    row[L] = 0;  // garbage column (partners outside the patch)
   }
-  std::memset(t, 0, sizeof(T) * Y.TS);
+  for (int64_t k = 0; k < nbig; ++k) H.put(H.big[k]);
   acc.add(keys[0], mult * (int64_t)z);
   acc.add(keys[1], mult * (int64_t)c1);
   acc.add(keys[2], mult * (int64_t)c2);
