@@ -22,8 +22,10 @@ MODES = ("zero", "symmetric", "reflect", "periodization")
 
 @pytest.fixture(autouse=True)
 def small_tiles(monkeypatch):
-    """Tiny Triton tiles, so that small test images span several programs (edge masks)."""
-    monkeypatch.setattr(haar, "_TILE", (4, 16))
+    """Tiny Triton tiles under the interpreter, so that small test images span several programs
+    (edge masks). On a GPU the real tiles run (the cuda tests use large shapes)."""
+    if not torch.cuda.is_available():
+        monkeypatch.setattr(haar, "_TILE", (4, 16))
 
 
 def pywt_dec(x, levels, mode):
@@ -477,11 +479,14 @@ def test_cuda_matches_cpu_path_and_cpu_path_on_cuda(seed):
                 cl, ch = d4k_kernels.dwt2(x, J, mode)   # plain torch on the CUDA tensor
                 crec = d4k_kernels.idwt2((cl, ch), output_size=shape[-2:])
             assert cl.is_cuda
-            tol = 0 if dtype == torch.float32 else 2**-8
+            # both round fp32 results once; fp32 association differs, so bf16 may differ by 1 ulp
+            rtol, atol = (1e-6, 1e-5) if dtype == torch.float32 else (2**-7, 1e-6)
             for a, b in [(yl, cl)] + list(zip(yh, ch)):
-                torch.testing.assert_close(a.float(), b.float(), rtol=max(tol, 1e-6), atol=1e-5)
+                torch.testing.assert_close(a.float(), b.float(), rtol=rtol, atol=atol)
             rec = d4k_kernels.idwt2((yl, yh), output_size=shape[-2:])
-            torch.testing.assert_close(rec.float(), crec.float(), rtol=max(tol, 1e-6), atol=1e-5)
+            torch.testing.assert_close(rec.float(), crec.float(), rtol=rtol, atol=atol)
+            if dtype == torch.float32:
+                torch.testing.assert_close(rec, x, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.cuda
