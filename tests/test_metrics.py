@@ -293,7 +293,7 @@ def test_glcm_score_image_file_matches_paper_loop(files, cpu_path):
 
 
 def test_glcm_score_image_tensors_match_paper_loop(seed, backend_device):
-    _, dev = backend_device
+    name, dev = backend_device
     rgb = np.stack([natural_rgb(seed + k) for k in range(2)])
     refs = [ref_score_gray(cv2.cvtColor(rgb[k], cv2.COLOR_RGB2GRAY), SIZE) for k in range(2)]
     t = torch.from_numpy(rgb).to(dev)
@@ -301,11 +301,13 @@ def test_glcm_score_image_tensors_match_paper_loop(seed, backend_device):
     assert got.dtype == torch.float64 and got.shape == (2,) and got.device == dev
     got = got.cpu()
     assert torch.allclose(got, torch.tensor(refs, dtype=torch.float64), rtol=0, atol=1e-12)
+    g = torch.from_numpy(np.stack([cv2.cvtColor(rgb[k], cv2.COLOR_RGB2GRAY) for k in range(2)]))
+    assert abs(glcm_score_image(g[0].numpy(), size=SIZE, gray=True, device=dev) - refs[0]) <= 1e-12
+    if name == "triton" and dev.type == "cpu":
+        return  # the interpreter is slow (~1 s per patch): the other layouts on the fast paths only
     bgr = t.flip(-1)
     assert abs(glcm_score_image(bgr[1], size=SIZE, order="bgr") - refs[1]) <= 1e-12
-    g = torch.from_numpy(np.stack([cv2.cvtColor(rgb[k], cv2.COLOR_RGB2GRAY) for k in range(2)]))
     assert torch.allclose(glcm_score_image(g.to(dev), size=SIZE, gray=True).cpu(), got, rtol=0, atol=1e-12)
-    assert abs(glcm_score_image(g[0].numpy(), size=SIZE, gray=True, device=dev) - refs[0]) <= 1e-12
 
 
 def test_glcm_score_files_and_errors(files, cpu_path):
