@@ -265,8 +265,8 @@ def test_expanded_input(backend_device, seed):
     _close(wavelet_loss(p, xt, x0, sig), wavelet_loss_f64(p, xt, x0, sig), 2e-6, what="loss")
 
 
-@pytest.mark.parametrize("sig_shape", ["n", "n111"])
-def test_sigma_and_weighting_grads(backend_device, seed, sig_shape):
+@pytest.mark.parametrize("sig_shape,reduction", [("n", "mean"), ("n111", "sum"), ("n", "none")])
+def test_sigma_and_weighting_grads(backend_device, seed, sig_shape, reduction):
     _, dev = backend_device
     (p, xt, x0), sig, w = _inputs((3, 2, 5, 6), dev, torch.float64)
     sig = sig.clone().requires_grad_(True)
@@ -274,9 +274,11 @@ def test_sigma_and_weighting_grads(backend_device, seed, sig_shape):
     s_in = sig if sig_shape == "n" else sig.view(-1, 1, 1, 1)
     w_in = w if sig_shape == "n" else w.view(-1, 1, 1, 1)
     bw = (1.0, 2.0, 0.5, 3.0)
-    out = wavelet_loss(p, xt, x0, s_in, w_in, levels=2, band_weights=bw)
-    ref = wavelet_loss_f64(p, xt, x0, sig, w, 2, bw)
-    for g, gr, n in zip(_grads(out, [p, xt, x0, sig, w]), _grads(ref, [p, xt, x0, sig, w]),
+    out = wavelet_loss(p, xt, x0, s_in, w_in, levels=2, band_weights=bw, reduction=reduction)
+    ref = wavelet_loss_f64(p, xt, x0, sig, w, 2, bw, reduction)
+    up = torch.rand(ref.shape, dtype=torch.float64, device=dev)
+    ins = [p, xt, x0, sig, w]
+    for g, gr, n in zip(torch.autograd.grad(out, ins, up), torch.autograd.grad(ref, ins, up),
                         ("pred", "x_t", "x0", "sigmas", "weighting")):
         _close(g, gr, 1e-11, what=f"grad {n}")
 
@@ -421,16 +423,19 @@ import triton, triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from d4k_kernels.ops import wavelet_loss as wl
-FP32 = ("sigma_ptr", "bw_ptr", "part_ptr", "gE_ptr")
+FP32 = ("sigma_ptr", "bw_ptr", "part_ptr", "go_ptr", "w_ptr")
 DIV16 = ("H", "W", "sp_n", "sp_c", "sp_h", "st_n", "st_c", "st_h", "s0_n", "s0_c", "s0_h")
 jobs = [(wl._wl_fwd_kernel, 1, True, {}), (wl._wl_fwd_kernel, 5, False, {}),
-        (wl._wl_bwd_kernel, 1, True, dict(W_PRED=True, W_XT=False, W_X0=False, W_SIGMA=False)),
-        (wl._wl_bwd_kernel, 3, True, dict(W_PRED=True, W_XT=True, W_X0=True, W_SIGMA=True))]
+        (wl._wl_bwd_kernel, 1, True, dict(W_PRED=True, W_XT=False, W_X0=False, W_SIGMA=False,
+                                          GO_PER_SAMPLE=False, HAS_W=True)),
+        (wl._wl_bwd_kernel, 3, True, dict(W_PRED=True, W_XT=True, W_X0=True, W_SIGMA=True,
+                                          GO_PER_SAMPLE=True, HAS_W=False))]
 for kern, levels, unit, flags in jobs:
     names = kern.arg_names
     bh, bw, _, _ = wl._tiles(4096, 4096, levels)
     const = dict(HAS_XT=True, LEVELS=levels, BH=bh, BW=bw, ACC=tl.float32, UNIT_W=unit, **flags)
-    sig = {n: "constexpr" if n in const else (("*fp32" if n in FP32 else "*bf16") if n.endswith("_ptr") else "i32")
+    sig = {n: "constexpr" if n in const else (("*fp32" if n in FP32 else "*bf16") if n.endswith("_ptr")
+                                              else ("fp32" if n == "ge_scale" else "i32"))
            for n in names}
     consts = {(names.index(n),): v for n, v in const.items()}
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names if n.endswith("_ptr") or n in DIV16}
@@ -439,6 +444,15 @@ for kern, levels, unit, flags in jobs:
     ptx = k.asm["ptx"]
     if unit:  # 16-byte loads of the bf16 inputs on the contiguous path
         assert re.search(r"ld\.global(\.\w+)*\.v4", ptx), (levels, flags)
+fin = wl._wl_finish_kernel
+for per_sample in (False, True):
+    const = dict(HAS_W=True, PER_SAMPLE=per_sample, BLOCK=1024, ACC=tl.float32)
+    names = fin.arg_names
+    sig = {n: "constexpr" if n in const else ("*fp32" if n.endswith("_ptr") else ("fp32" if n == "scale" else "i32"))
+           for n in names}
+    consts = {(names.index(n),): v for n, v in const.items()}
+    triton.compile(ASTSource(fn=fin, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
+                   options={"num_warps": 4})
 print("compiled")
 """
 

@@ -171,15 +171,17 @@ if backend.HAS_TRITON:
         tl.store(part_ptr + plane.to(tl.int64) * n_tiles + tile, acc)
 
     @triton.jit
-    def _wl_bwd_kernel(pred_ptr, xt_ptr, x0_ptr, sigma_ptr, bw_ptr, gE_ptr,
+    def _wl_bwd_kernel(pred_ptr, xt_ptr, x0_ptr, sigma_ptr, bw_ptr, go_ptr, w_ptr, ge_scale,
                        gp_ptr, gt_ptr, g0_ptr, part_ptr,
                        C, H, W, n_tiles,
                        sp_n, sp_c, sp_h, sp_w, st_n, st_c, st_h, st_w, s0_n, s0_c, s0_h, s0_w,
                        HAS_XT: tl.constexpr, LEVELS: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
                        ACC: tl.constexpr, UNIT_W: tl.constexpr, W_PRED: tl.constexpr, W_XT: tl.constexpr,
-                       W_X0: tl.constexpr, W_SIGMA: tl.constexpr):
+                       W_X0: tl.constexpr, W_SIGMA: tl.constexpr, GO_PER_SAMPLE: tl.constexpr,
+                       HAS_W: tl.constexpr):
         """g = 2 * dL/dE_n * W^T diag(w) W d; grad pred = -sigma g, grad x_t = g, grad x0 = -g,
-        per-tile partials of grad sigma = sum(-pred * g). Gradients are written contiguous."""
+        per-tile partials of grad sigma = sum(-pred * g). Gradients are written contiguous.
+        dL/dE_n = go[n or 0] * ge_scale (* weighting[n] when HAS_W)."""
         plane = tl.program_id(0)
         n = (plane // C).to(tl.int64)
         c = (plane % C).to(tl.int64)
@@ -221,7 +223,13 @@ if backend.HAS_TRITON:
         if LEVELS == 1:
             g = ll1 * wll
         g4 = _ihaar(g, lh1 * _w(bw_ptr, 1), hl1 * _w(bw_ptr, 2), hh1 * _w(bw_ptr, 3), ACC)
-        g4 = tl.reshape(g4, (2 * BH, 2 * BW)) * (2.0 * tl.load(gE_ptr + n).to(ACC))
+        if GO_PER_SAMPLE:
+            ge = tl.load(go_ptr + n).to(ACC) * ge_scale
+        else:
+            ge = tl.load(go_ptr).to(ACC) * ge_scale
+        if HAS_W:
+            ge = ge * tl.load(w_ptr + n).to(ACC)
+        g4 = tl.reshape(g4, (2 * BH, 2 * BW)) * (2.0 * ge)
         # contiguous outputs (N, C, H, W)
         off = (n * C + c) * H * W + row.to(tl.int64) * W + col.to(tl.int64)
         if W_PRED:
@@ -234,6 +242,33 @@ if backend.HAS_TRITON:
             part = tl.sum(tl.sum(-p * g4, axis=1), axis=0)
             tile = tl.program_id(1) * tl.num_programs(2) + tl.program_id(2)
             tl.store(part_ptr + plane.to(tl.int64) * n_tiles + tile, part)
+
+
+if backend.HAS_TRITON:
+
+    @triton.jit
+    def _wl_finish_kernel(part_ptr, w_ptr, e_ptr, out_ptr, N, P, scale,
+                          HAS_W: tl.constexpr, PER_SAMPLE: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
+        """One program: e[n] = sum of sample n's tile partials (fixed order), loss_n = w[n] * e[n];
+        out = loss_n (PER_SAMPLE) or scale * sum_n loss_n."""
+        offs = tl.arange(0, BLOCK)
+        total = tl.sum(tl.zeros([BLOCK], ACC), axis=0)
+        for n in range(0, N):
+            acc = tl.zeros([BLOCK], ACC)
+            base = part_ptr + n * P  # N * P (tile partials) is far below 2^31
+            for start in range(0, P, BLOCK):
+                idx = start + offs
+                acc += tl.load(base + idx, mask=idx < P, other=0.0)
+            e = tl.sum(acc, axis=0)
+            tl.store(e_ptr + n, e)
+            if HAS_W:
+                e = e * tl.load(w_ptr + n).to(ACC)
+            if PER_SAMPLE:
+                tl.store(out_ptr + n, e)
+            else:
+                total += e
+        if not PER_SAMPLE:
+            tl.store(out_ptr, total * scale)
 
 
 def _next_pow2(v: int) -> int:
@@ -285,7 +320,7 @@ def _bw_tensor(weights: Sequence[float], device: torch.device, dtype: torch.dtyp
     return _bw_tensor_cached(tuple(float(v) for v in weights), str(device), dtype)
 
 
-def _energy_triton(pred, x_t, x0, sigma, weights, levels):
+def _partials_triton(pred, x_t, x0, sigma, weights, levels):
     N, C, H, W = pred.shape
     acc = _acc_dtype(pred, x_t, x0)
     bh, bw, th, tw = _tiles(H, W, levels, fixed=pred.device.type != "cpu")
@@ -298,10 +333,31 @@ def _energy_triton(pred, x_t, x0, sigma, weights, levels):
         HAS_XT=x_t is not None, LEVELS=levels, BH=bh, BW=bw, ACC=_tl_acc(acc), UNIT_W=_unit_w(pred, x_t, x0),
         num_warps=4,
     )
-    return part.view(N, C * th * tw).sum(dim=1)
+    return part.view(N, C * th * tw)
 
 
-def _energy_bwd_triton(grad_e, pred, x_t, x0, sigma, weights, levels, need):
+def _energy_triton(pred, x_t, x0, sigma, weights, levels):
+    return _partials_triton(pred, x_t, x0, sigma, weights, levels).sum(dim=1)
+
+
+def _loss_triton(pred, x_t, x0, sigma, weighting, weights, levels, reduction):
+    """(loss, E): forward kernel + one finishing kernel (per-sample sums, weighting, reduction)."""
+    part = _partials_triton(pred, x_t, x0, sigma, weights, levels)
+    N, P = part.shape
+    e = torch.empty((N,), dtype=part.dtype, device=part.device)
+    per_sample = reduction == "none"
+    out = torch.empty((N,) if per_sample else (), dtype=part.dtype, device=part.device)
+    _wl_finish_kernel[(1,)](
+        part, weighting if weighting is not None else part, e, out, N, P,
+        1.0 / N if reduction == "mean" else 1.0,
+        HAS_W=weighting is not None, PER_SAMPLE=per_sample, BLOCK=min(1024, _next_pow2(P)),
+        ACC=_tl_acc(part.dtype), num_warps=4,
+    )
+    return out, e
+
+
+def _energy_bwd_triton(grad_e, pred, x_t, x0, sigma, weights, levels, need, weighting=None, ge_scale=1.0,
+                       go_per_sample=True):
     N, C, H, W = pred.shape
     acc = _acc_dtype(pred, x_t, x0)
     bh, bw, th, tw = _tiles(H, W, levels, fixed=pred.device.type != "cpu")
@@ -313,14 +369,15 @@ def _energy_bwd_triton(grad_e, pred, x_t, x0, sigma, weights, levels, need):
     part = torch.empty((N * C, th * tw), dtype=acc, device=pred.device) if need[3] else None
     dummy = pred
     _wl_bwd_kernel[(N * C, th, tw)](
-        pred, xt, x0, sigma, bwt, grad_e.to(acc).contiguous(),
+        pred, xt, x0, sigma, bwt, grad_e.to(acc).contiguous(), weighting if weighting is not None else bwt,
+        float(ge_scale),
         gp if gp is not None else dummy, gt if gt is not None else dummy, g0 if g0 is not None else dummy,
         part if part is not None else bwt,
         C, H, W, th * tw,
         *pred.stride(), *_strides(x_t, pred), *x0.stride(),
         HAS_XT=x_t is not None, LEVELS=levels, BH=bh, BW=bw, ACC=_tl_acc(acc), UNIT_W=_unit_w(pred, x_t, x0),
         W_PRED=gp is not None, W_XT=gt is not None, W_X0=g0 is not None, W_SIGMA=part is not None,
-        num_warps=4,
+        GO_PER_SAMPLE=go_per_sample, HAS_W=weighting is not None, num_warps=4,
     )
     gs = part.view(N, C * th * tw).sum(dim=1) if part is not None else None
     return gp, gt, g0, gs
@@ -565,6 +622,46 @@ class _EnergyFn(torch.autograd.Function):
         return gp, gt, g0, gs, None, None
 
 
+class _LossFn(torch.autograd.Function):
+    """Eager path of wavelet_loss / wavelet_mse: on the Triton backend the forward is two launches
+    (tile kernel + finishing kernel) and the backward one (dL/dE_n is formed inside the kernel from
+    the upstream gradient and the weighting)."""
+
+    @staticmethod
+    def forward(ctx, pred, x_t, x0, sigma, weighting, weights, levels, reduction):
+        triton_path = _use_triton(pred)
+        if triton_path:
+            loss, e = _loss_triton(pred, x_t, x0, sigma, weighting, weights, levels, reduction)
+        else:
+            e = _energy_torch(pred, x_t, x0, sigma, weights, levels)
+            loss = _finish(e, weighting, reduction)
+        ctx.save_for_backward(pred, x_t, x0, sigma, weighting, e)
+        ctx.weights, ctx.levels, ctx.reduction, ctx.triton_path = weights, levels, reduction, triton_path
+        return loss
+
+    @staticmethod
+    def backward(ctx, go):
+        pred, x_t, x0, sigma, weighting, e = ctx.saved_tensors
+        ni = ctx.needs_input_grad
+        need = (bool(ni[0]), bool(ni[1]) and x_t is not None, bool(ni[2]), bool(ni[3]))
+        N = pred.shape[0]
+        scale = 1.0 / N if ctx.reduction == "mean" else 1.0
+        per_sample = ctx.reduction == "none"
+        gp = gt = g0 = gs = gw = None
+        if any(need):
+            if ctx.triton_path:
+                gp, gt, g0, gs = _energy_bwd_triton(go, pred, x_t, x0, sigma, ctx.weights, ctx.levels, need,
+                                                    weighting=weighting, ge_scale=scale, go_per_sample=per_sample)
+            else:
+                ge = (go.to(e.dtype) * scale).expand(N)
+                if weighting is not None:
+                    ge = ge * weighting.to(e.dtype)
+                gp, gt, g0, gs = _energy_bwd_torch(ge, pred, x_t, x0, sigma, ctx.weights, ctx.levels, need)
+        if ni[4]:
+            gw = (go.to(e.dtype) * scale).expand(N) * e
+        return gp, gt, g0, gs, gw, None, None, None
+
+
 def _energy(pred, x_t, x0, sigma, weights: List[float], levels: int) -> torch.Tensor:
     N = pred.shape[0]
     s = _per_sample(sigma, "sigmas", N, pred)
@@ -580,12 +677,18 @@ def wavelet_energy(pred, x_t, x0, sigma, levels: int = 1, band_weights=None) -> 
     return _energy(pred, x_t, x0, sigma, _norm_weights(band_weights, levels), levels)
 
 
-def _mean_energy(pred, x_t, x0, sigma, levels, band_weights) -> torch.Tensor:
-    """E_n / count: the band weights are divided by the coefficient count so that the kernel's
-    per-sample sum is already the per-sample mean (one small kernel fewer each way)."""
+def _loss(pred, x_t, x0, sigma, weighting, levels, band_weights, reduction) -> torch.Tensor:
+    """The band weights are divided by the coefficient count so that the kernel's per-sample sum is
+    already the per-sample mean."""
     count = coefficient_count(pred.shape, levels)
     weights = [w / count for w in _norm_weights(band_weights, levels)]
-    return _energy(pred, x_t, x0, sigma, weights, levels)
+    if torch.compiler.is_compiling():  # registered ops + torch finishing: traceable
+        return _finish(_energy(pred, x_t, x0, sigma, weights, levels), weighting, reduction)
+    N = pred.shape[0]
+    acc = _acc_dtype(pred, x_t, x0)
+    s = _per_sample(sigma, "sigmas", N, pred).to(acc).contiguous()
+    w = weighting.to(acc).contiguous() if weighting is not None else None
+    return _LossFn.apply(pred, x_t, x0, s, w, weights, levels, reduction)
 
 
 def _check_common(levels, reduction):
@@ -623,7 +726,7 @@ def wavelet_loss(model_pred: torch.Tensor, noisy_latents: torch.Tensor, latents:
     if sigmas is None:
         raise TypeError("sigmas must be given (shape (N,) or (N, 1, 1, 1))")
     w = _per_sample(weighting, "weighting", N, model_pred)
-    return _finish(_mean_energy(model_pred, noisy_latents, latents, sigmas, levels, band_weights), w, reduction)
+    return _loss(model_pred, noisy_latents, latents, sigmas, w, levels, band_weights, reduction)
 
 
 def wavelet_mse(pred: torch.Tensor, target: torch.Tensor, levels: int = 1, band_weights=None, weighting=None,
@@ -639,4 +742,4 @@ def wavelet_mse(pred: torch.Tensor, target: torch.Tensor, levels: int = 1, band_
     N = pred.shape[0]
     w = _per_sample(weighting, "weighting", N, pred)
     sigma = torch.full((N,), -1.0, dtype=_acc_dtype(pred, target), device=pred.device)
-    return _finish(_mean_energy(pred, None, target, sigma, levels, band_weights), w, reduction)
+    return _loss(pred, None, target, sigma, w, levels, band_weights, reduction)
