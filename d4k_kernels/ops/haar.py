@@ -63,7 +63,23 @@ _MODE_OF_FOLD = {"crop": "zero", "edge": "symmetric", "reflect": "reflect"}
 _MODE_ID = {"zero": 0, "symmetric": 1, "periodization": 1, "reflect": 2}
 _FOLDS = tuple(_MODE_OF_FOLD)
 _FUSE_MAX = 5            # most levels one launch carries in registers
-_TILE = (32, 128)        # input pixels (rows, cols) per program, before the 2^L minimum
+
+
+def _env_tile():
+    """Input pixels (rows, cols) per program before the 2^L minimum, and warps per program.
+    D4K_HAAR_TILE=32x128 and D4K_HAAR_WARPS=4 override them (for tuning on a GPU); both
+    tile sides must be powers of two."""
+    import os
+
+    rows, cols = (int(v) for v in os.environ.get("D4K_HAAR_TILE", "32x128").lower().split("x"))
+    warps = int(os.environ.get("D4K_HAAR_WARPS", "4"))
+    for v, what in ((rows, "D4K_HAAR_TILE rows"), (cols, "D4K_HAAR_TILE cols"), (warps, "D4K_HAAR_WARPS")):
+        if v < 1 or v & (v - 1):
+            raise ValueError(f"{what} must be a power of two, got {v}")
+    return (rows, cols), warps
+
+
+_TILE, _NUM_WARPS = _env_tile()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -379,7 +395,7 @@ def _dwt_triton(x: torch.Tensor, levels: int, mode: str):
         _haar_fwd_kernel[grid](
             cur, cur.stride(0), cur.stride(1), cur.stride(2), hs[s], ws[s],
             ll, hs[s + n], ws[s + n], *ds, tiles_w, tpp,
-            LEVELS=n, BR=br, BC=bc, MODE=_MODE_ID[mode], ACC=_tl_acc(x.dtype),
+            LEVELS=n, BR=br, BC=bc, MODE=_MODE_ID[mode], ACC=_tl_acc(x.dtype), num_warps=_NUM_WARPS,
         )
         cur = ll
     return yl.reshape(lead + yl.shape[-2:]), [d.reshape(lead + d.shape[-3:]) for d in yh]
@@ -410,7 +426,7 @@ def _idwt_triton(yl: torch.Tensor, yh: Sequence[torch.Tensor], out_h: int, out_w
         _haar_inv_kernel[grid](
             cur, cur.stride(0), cur.stride(1), cur.stride(2), hs[s + n], ws[s + n],
             *dl, out, o_h, o_w, tiles_w, tpp,
-            LEVELS=n, BR=br, BC=bc, ACC=_tl_acc(yl.dtype),
+            LEVELS=n, BR=br, BC=bc, ACC=_tl_acc(yl.dtype), num_warps=_NUM_WARPS,
         )
         cur = out if fold == "crop" else _fold(out, hs[s], ws[s], fold)
     cur = cur.to(yl.dtype).contiguous()
