@@ -410,6 +410,9 @@ def test_bad_inputs():
         wavelet_loss(x, x, x, s, weighting=torch.rand(2, 3))
     with pytest.raises(TypeError, match="sigmas must be given"):
         wavelet_loss(x, x, x, None)
+    with pytest.raises(ValueError, match=r"model_pred is empty \(shape \(2, 3, 0, 4\)\)"):
+        e = torch.randn(2, 3, 0, 4)
+        wavelet_loss(e, e, e, s)
     with pytest.raises(ValueError, match="target has shape"):
         wavelet_mse(x, torch.randn(2, 3, 4, 2))
 

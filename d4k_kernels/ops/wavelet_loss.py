@@ -51,7 +51,6 @@ the transform, which gives the same loss up to float rounding.
 from __future__ import annotations
 
 import functools
-import math
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -288,9 +287,6 @@ def _tiles(H: int, W: int, levels: int, fixed: bool = True) -> Tuple[int, int, i
     return bh, bw, -(-H // (2 * bh)), -(-W // (2 * bw))
 
 
-_ACC = {torch.float64: "float64"}
-
-
 def _acc_dtype(*ts: Optional[torch.Tensor]) -> torch.dtype:
     return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in ts) else torch.float32
 
@@ -303,7 +299,7 @@ def _unit_w(*ts) -> bool:
     return all(t is None or t.stride(3) == 1 or t.shape[3] == 1 for t in ts)
 
 
-def _strides(t: Optional[torch.Tensor], like: torch.Tensor):
+def _strides(t: Optional[torch.Tensor]):
     return tuple(t.stride()) if t is not None else (0, 0, 0, 0)
 
 
@@ -329,7 +325,7 @@ def _partials_triton(pred, x_t, x0, sigma, weights, levels):
     xt = x_t if x_t is not None else pred
     _wl_fwd_kernel[(N * C, th, tw)](
         pred, xt, x0, sigma, bwt, part, C, H, W, th * tw,
-        *pred.stride(), *_strides(x_t, pred), *x0.stride(),
+        *pred.stride(), *_strides(x_t), *x0.stride(),
         HAS_XT=x_t is not None, LEVELS=levels, BH=bh, BW=bw, ACC=_tl_acc(acc), UNIT_W=_unit_w(pred, x_t, x0),
         num_warps=4,
     )
@@ -374,7 +370,7 @@ def _energy_bwd_triton(grad_e, pred, x_t, x0, sigma, weights, levels, need, weig
         gp if gp is not None else dummy, gt if gt is not None else dummy, g0 if g0 is not None else dummy,
         part if part is not None else bwt,
         C, H, W, th * tw,
-        *pred.stride(), *_strides(x_t, pred), *x0.stride(),
+        *pred.stride(), *_strides(x_t), *x0.stride(),
         HAS_XT=x_t is not None, LEVELS=levels, BH=bh, BW=bw, ACC=_tl_acc(acc), UNIT_W=_unit_w(pred, x_t, x0),
         W_PRED=gp is not None, W_XT=gt is not None, W_X0=g0 is not None, W_SIGMA=part is not None,
         GO_PER_SAMPLE=go_per_sample, HAS_W=weighting is not None, num_warps=4,
@@ -568,7 +564,6 @@ def _norm_weights(band_weights, levels: int) -> List[float]:
     raise ValueError(
         f"band_weights must have 4 values (LL, LH, HL, HH) or 1 + 3*levels = {1 + 3 * levels} values "
         f"(LL_J, then LH, HL, HH per level, finest first), got {len(vals)}: {vals!r}")
-    # (unreachable)
 
 
 def _per_sample(v: Optional[torch.Tensor], name: str, N: int, ref: torch.Tensor) -> Optional[torch.Tensor]:
@@ -691,9 +686,11 @@ def _loss(pred, x_t, x0, sigma, weighting, levels, band_weights, reduction) -> t
     return _LossFn.apply(pred, x_t, x0, s, w, weights, levels, reduction)
 
 
-def _check_common(levels, reduction):
+def _check_common(x, name, levels, reduction):
     check_int(levels, "levels", lo=1, hi=MAX_LEVELS)
     check_choice(reduction, "reduction", _REDUCTIONS)
+    if x.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}): the mean over coefficients is undefined")
 
 
 def wavelet_loss(model_pred: torch.Tensor, noisy_latents: torch.Tensor, latents: torch.Tensor, sigmas,
@@ -721,7 +718,7 @@ def wavelet_loss(model_pred: torch.Tensor, noisy_latents: torch.Tensor, latents:
     check_tensor(noisy_latents, "noisy_latents", dtypes=_DTYPES, ndim=4)
     check_tensor(latents, "latents", dtypes=_DTYPES, ndim=4)
     check_same([model_pred, noisy_latents, latents], ["model_pred", "noisy_latents", "latents"])
-    _check_common(levels, reduction)
+    _check_common(model_pred, "model_pred", levels, reduction)
     N = model_pred.shape[0]
     if sigmas is None:
         raise TypeError("sigmas must be given (shape (N,) or (N, 1, 1, 1))")
@@ -738,7 +735,7 @@ def wavelet_mse(pred: torch.Tensor, target: torch.Tensor, levels: int = 1, band_
     check_tensor(pred, "pred", dtypes=_DTYPES, ndim=4)
     check_tensor(target, "target", dtypes=_DTYPES, ndim=4)
     check_same([pred, target], ["pred", "target"])
-    _check_common(levels, reduction)
+    _check_common(pred, "pred", levels, reduction)
     N = pred.shape[0]
     w = _per_sample(weighting, "weighting", N, pred)
     sigma = torch.full((N,), -1.0, dtype=_acc_dtype(pred, target), device=pred.device)
