@@ -252,3 +252,19 @@ def test_eval_cuda_matches_reference(folder, tmp_path, capsys):
 
     got = glcm_score_image(folder / "b_cat.jpg", size=SIZE, device="cuda")
     assert abs(got - refs["b_cat.jpg"]) <= 1e-12
+
+
+def test_summary_notes_images_larger_than_size(folder, capsys):
+    """The fixture's images are larger than SIZE: the paper's CR uses SIZE^2*3; the note gives own pixels."""
+    res = ev.evaluate_folder(folder, size=SIZE, device="cpu", workers=1)
+    names = [os.path.basename(r.file) for r in res.ok]
+    own = sum(cv2.imread(str(folder / n)).size for n in names) / sum(os.path.getsize(folder / n) for n in names)
+    assert res.compression_ratio_own_pixels == pytest.approx(own, rel=1e-15)
+    assert f"note: 3 evaluated image(s) are not {SIZE}x{SIZE}" in res.summary()
+    assert f"(with their own pixels it is {own:.2f})" in res.summary()
+    exact = folder / "exact"
+    exact.mkdir()
+    Image.fromarray(_crop(skdata.astronaut(), 7, SIZE, SIZE)).save(exact / "x.png")
+    res = ev.evaluate_folder(exact, size=SIZE, device="cpu", workers=1)
+    assert "note:" not in res.summary()
+    assert res.compression_ratio == pytest.approx(res.compression_ratio_own_pixels, rel=1e-15)

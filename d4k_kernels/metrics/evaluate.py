@@ -93,10 +93,19 @@ class EvalResult:
             return float("nan")
         return self.size * self.size * 3 * len(ok) / sum(r.file_bytes for r in ok)
 
+    @property
+    def compression_ratio_own_pixels(self) -> float:
+        """sum(width*height*3) / sum(file bytes): the ratio with each image's own pixel count."""
+        ok = self.ok
+        if not ok:
+            return float("nan")
+        return sum(r.width * r.height * 3 for r in ok) / sum(r.file_bytes for r in ok)
+
     def summary_dict(self) -> dict:
         return {
             "glcm_score": self.glcm_score if self.ok else None,
             "compression_ratio": self.compression_ratio if self.ok else None,
+            "compression_ratio_own_pixels": self.compression_ratio_own_pixels if self.ok else None,
             "evaluated": len(self.ok),
             "skipped": len(self.skipped),
             "ignored_non_images": len(self.ignored),
@@ -112,6 +121,12 @@ class EvalResult:
         if self.ok:
             lines.append(f"GLCM Score: {self.glcm_score:.4f}")
             lines.append(f"Compression Ratio: {self.compression_ratio:.2f}")
+        n_other = sum(1 for r in self.ok if (r.width, r.height) != (self.size, self.size))
+        if n_other:
+            lines.append(
+                f"note: {n_other} evaluated image(s) are not {self.size}x{self.size}; the Compression Ratio "
+                f"counts {self.size}x{self.size}x3 bytes per image as the paper's eval.py "
+                f"(with their own pixels it is {self.compression_ratio_own_pixels:.2f})")
         n_ok, n_sk = len(self.ok), len(self.skipped)
         lines.append(f"{n_ok} image{'s' if n_ok != 1 else ''} evaluated, {n_sk} skipped")
         for r in self.skipped:
