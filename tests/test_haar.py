@@ -2,7 +2,6 @@
 pywt (float64 wavedec2 / waverec2), pytorch_wavelets (drop-in modules), and the plain float64
 torch reference in d4k_kernels/reference/haar.py. Every test that takes ``backend_device`` runs
 the CPU path and the Triton kernels (under the interpreter without a GPU)."""
-import math
 import warnings
 
 import numpy as np

@@ -22,7 +22,7 @@ those levels (it warns beyond its ``dwt_max_level = floor(log2 n)``, but its res
 Backends (d4k_kernels.backend.select)
 -------------------------------------
 * "triton": one kernel launch computes a *group* of up to ``_FUSE_MAX`` (5) levels: a program
-  takes a tile of (rows x cols) input pixels of one plane, keeps every level in registers and
+  takes a tile of 32 x 128 input pixels (at least 2^L x 2^L) of one plane, keeps every level in registers and
   writes each level's three detail bands plus the group's LL. The first level of a group may
   have an odd input (its padding is done by the load's index remap); the inputs of the other
   levels of the group must be even. Where a level's input is odd the plan starts a new group
@@ -46,7 +46,6 @@ of the IDWT (inverse + crops) is the zero-mode DWT. ``d4k::haar_idwt2`` takes a 
 """
 from __future__ import annotations
 
-import math
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -403,7 +402,6 @@ def _dwt_triton(x: torch.Tensor, levels: int, mode: str):
 
 def _idwt_triton(yl: torch.Tensor, yh: Sequence[torch.Tensor], out_h: int, out_w: int, fold: str):
     lead = yl.shape[:-2]
-    J = len(yh)
     cur = _flat3(yl)
     P = cur.shape[0]
     ds = [d.reshape((-1,) + tuple(d.shape[-3:])).contiguous() for d in yh]
@@ -411,7 +409,7 @@ def _idwt_triton(yl: torch.Tensor, yh: Sequence[torch.Tensor], out_h: int, out_w
     ws = [out_w] + [d.shape[-1] for d in yh]
     acc = _acc_dtype(yl.dtype)
     groups = _plan(hs, ws)
-    for gi, (s, n) in enumerate(reversed(groups)):
+    for s, n in reversed(groups):
         final = s == 0
         h1, w1 = hs[s + 1], ws[s + 1]
         if fold == "crop":
