@@ -219,3 +219,24 @@ def test_tiled_with_d4k_kernels(seed):
     with backend.prefer("triton"):
         out = tiled_decode(vae, z, tile=4, progress=False, use_kernels=True)
     assert (out - ref).abs().max().item() <= 1e-4 * max(1.0, ref.abs().max().item())
+
+
+def test_conv_macs_counts_the_real_convs(seed):
+    """conv_macs (the halo-overhead figure in NOTES) against forward hooks on the untiled decode."""
+    from d4k_kernels.vae.tiled import conv_macs
+
+    vae = _vae(THREE)
+    z = torch.randn(2, 4, 7, 9)
+    macs = []
+
+    def hook(mod, inp, out):
+        k = mod.kernel_size[0] * mod.kernel_size[1]
+        macs.append(out.shape[0] * out.shape[2] * out.shape[3] * mod.in_channels * mod.out_channels * k)
+
+    convs = [m for m in vae.decoder.up_blocks.modules() if isinstance(m, torch.nn.Conv2d)] + [vae.decoder.conv_out]
+    hs = [m.register_forward_hook(hook) for m in convs]
+    _untiled(vae, z)
+    for h in hs:
+        h.remove()
+    assert conv_macs(vae.decoder, tuple(z.shape)) == sum(macs)
+    assert conv_macs(vae.decoder, tuple(z.shape), tile=3) > sum(macs)

@@ -41,6 +41,7 @@ from .._checks import check_int, check_tensor
 __all__ = ["tiled_decode", "ExactTiledDecoder", "TilePlan", "parse_memory", "required_halo", "DEFAULT_MAX_MEMORY"]
 
 DEFAULT_MAX_MEMORY = 8 * 2**30  # 8 GiB
+MIN_AUTO_TILE = 32  # latent pixels: the smallest tile the memory planner picks (halo 13 on each side)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -564,14 +565,17 @@ def plan_tiles(dec, z_shape, dtype, *, tile: Optional[int] = None, max_memory=No
     fixed = estimate_fixed_bytes(dec, z_shape, itemsize)
     if tile is None:
         avail = budget - fixed
-        tile = 8
-        for cand in range(8, max(h, w) + 8, 8):
+        side = max(h, w)
+        tile = min(MIN_AUTO_TILE, side)  # smaller tiles would mostly recompute halos
+        for cand in range(tile + 8, side + 8, 8):
             # half of what is left for one tile's working set, the rest for parked state
-            if estimate_tile_bytes(dec, n, cand, halo, itemsize) <= avail / 2:
-                tile = cand
+            if estimate_tile_bytes(dec, n, min(cand, side), halo, itemsize) <= avail / 2:
+                tile = min(cand, side)
             else:
                 break
-        if estimate_tile_bytes(dec, n, tile, halo, itemsize) > max(avail, 0):
+        per_side = -(-side // tile)
+        tile = -(-side // per_side)  # same number of tiles, balanced sizes (no thin last strip)
+        if estimate_tile_bytes(dec, n, tile, halo, itemsize) > avail:
             warnings.warn(f"max_memory={budget} bytes is probably too small for an exact tiled decode of a "
                           f"{tuple(z_shape)} latent (estimated fixed {fixed} + tile "
                           f"{estimate_tile_bytes(dec, n, tile, halo, itemsize)} bytes); using tile={tile}")
@@ -581,6 +585,47 @@ def plan_tiles(dec, z_shape, dtype, *, tile: Optional[int] = None, max_memory=No
     state_budget = max(0, budget - fixed - est_tile)
     tiles = [(y0, y1, x0, x1) for (y0, y1) in _partition(h, tile) for (x0, x1) in _partition(w, tile)]
     return TilePlan(tile, halo, tiles, budget, fixed, est_tile, state_budget)
+
+
+def conv_macs(dec, z_shape, tile: Optional[int] = None, halo: Optional[int] = None) -> int:
+    """Multiply-adds of the up path's convs (torch tail) for a tiled decode with ``tile`` (None:
+    untiled), from the same window bookkeeping as the decoder: ``conv_macs(d, s, t) / conv_macs(d, s)``
+    - 1 is the halo-recompute overhead."""
+    n, _, h, w = z_shape
+    halo = required_halo(dec) if halo is None else halo
+    t = max(h, w) if tile is None else tile
+    stride, part = _tail(dec)
+    total = 0
+
+    def conv(win, cin, cout, pb=1):
+        y0, y1, x0, x1, H, W = win
+        ly, hy = _conv_range(y0, y1, H, pb)[:2]
+        lx, hx = _conv_range(x0, x1, W, pb)[:2]
+        return (ly, hy, lx, hx, H, W), (hy - ly) * (hx - lx) * cin * cout * 9
+
+    for (y0, y1) in _partition(h, t):
+        for (x0, x1) in _partition(w, t):
+            win = (max(0, y0 - halo), min(h, y1 + halo), max(0, x0 - halo), min(w, x1 + halo), h, w)
+            for blk in dec.up_blocks:
+                for r in blk.resnets:
+                    cin, cout = r.conv1.in_channels, r.conv1.out_channels
+                    win, m = conv(win, cin, cout)
+                    total += m
+                    if r.conv_shortcut is not None:
+                        total += m // 9  # the 1x1 shortcut on the same window
+                    win, m = conv(win, cout, cout)
+                    total += m
+                for u in getattr(blk, "upsamplers", None) or []:
+                    c = _up_conv(u).in_channels
+                    win = tuple(2 * v for v in win)
+                    win, m = conv(win, c, c)
+                    total += m
+            c0, co = dec.conv_out.in_channels, dec.conv_out.out_channels
+            if stride == 1:
+                total += conv(win, c0, co)[1]
+            else:  # the torch tail convolves the tile's whole 2x grid
+                total += 4 * (win[1] - win[0]) * (win[3] - win[2]) * c0 * co * 9
+    return n * total
 
 
 # ----------------------------------------------------------------------------------------------
