@@ -101,8 +101,9 @@ def test_fused_half(backend_device, seed, dtype, tol, partitioned):
     assert err <= 4 * (t.double() - ref).abs().max().item() + 2e-3 * scale
 
 
+@pytest.mark.parametrize("shift_mode", [True, False])
 @pytest.mark.parametrize("partitioned", [True, False])
-def test_strips_blocks_and_no_affine(seed, partitioned):
+def test_strips_blocks_and_no_affine(seed, partitioned, shift_mode):
     # several column strips (W > BW), row strips (ROWS < H), channel blocks and output-channel blocks
     if not (backend.HAS_TRITON and backend.interpreter_enabled()):
         pytest.skip("needs the Triton interpreter")
@@ -111,7 +112,7 @@ def test_strips_blocks_and_no_affine(seed, partitioned):
     _, _, cw, _ = _params(C, Cout, G)
     mean, rstd = _stats(x, G)
     ref = tail_reference_stats(x, mean, rstd, None, None, cw, None, G, partitioned)
-    with backend.prefer("triton"), _interp_cfg(ROWS=2, BC=32, BN=16):
+    with backend.prefer("triton"), _interp_cfg(ROWS=2, BC=32, BN=16, SHIFT=shift_mode):
         y = upconv_tail(x, mean, rstd, None, None, cw, None, G, partitioned=partitioned)
     torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
 
@@ -236,7 +237,7 @@ def test_gpu_launcher_configs_under_interpreter(seed, monkeypatch):
 
     monkeypatch.setattr(upconv_mod, "_use_tuned", lambda x: True)
     monkeypatch.setattr(upconv_mod, "_upconv_kernel_tuned", _Shim())
-    N, C, H, W, Cout, G = 1, 36, 5, 3, 9, 4
+    N, C, H, W, Cout, G = 1, 36, 3, 2, 9, 4
     x = torch.randn(N, C, H, W).bfloat16()
     gw, gb, cw, cb = _params(C, Cout, G, torch.bfloat16)
     mean, rstd = _stats(x, G)
@@ -245,7 +246,7 @@ def test_gpu_launcher_configs_under_interpreter(seed, monkeypatch):
         ref = tail_reference_stats(x, mean, rstd, gw, gb, cw, cb, G, partitioned)
         with backend.prefer("triton"):
             upconv_tail(x, mean, rstd, gw, gb, cw, cb, G, partitioned=partitioned)
-        assert len({c for c, _ in outs}) >= 6
+        assert len({c for c, _ in outs}) >= 8 and {c[-1] for c, _ in outs} == {True, False}
         for cfg, y in outs:
             err = (y.double() - ref).abs().max().item()
             assert err <= 2e-2 * ref.abs().max().item(), (cfg, err)
@@ -259,8 +260,9 @@ def test_empty(backend_device):
     assert upconv_tail(x, m, r, gw, gb, cw, cb, 2).shape == (1, 2, 0, 6)
 
 
+@pytest.mark.parametrize("shift_mode", [True, False])
 @pytest.mark.parametrize("partitioned", [True, False])
-def test_int64_offsets_variant(seed, partitioned):
+def test_int64_offsets_variant(seed, partitioned, shift_mode):
     # the 64-bit in-tile offset variant (huge tensors) computes the same as the int32 one
     if not (backend.HAS_TRITON and backend.interpreter_enabled()):
         pytest.skip("needs the Triton interpreter")
@@ -268,8 +270,9 @@ def test_int64_offsets_variant(seed, partitioned):
     gw, gb, cw, cb = _params(6, 3, 3)
     mean, rstd = _stats(x, 3)
     with backend.prefer("triton"):
-        y32 = upconv_tail(x, mean, rstd, gw, gb, cw, cb, 3, partitioned=partitioned)
-        with _interp_cfg(INT64=True):
+        with _interp_cfg(SHIFT=shift_mode):
+            y32 = upconv_tail(x, mean, rstd, gw, gb, cw, cb, 3, partitioned=partitioned)
+        with _interp_cfg(INT64=True, SHIFT=shift_mode):
             y64 = upconv_tail(x, mean, rstd, gw, gb, cw, cb, 3, partitioned=partitioned)
     torch.testing.assert_close(y64, y32, rtol=0, atol=0)
     torch.testing.assert_close(y32.double(), tail_reference_stats(x, mean, rstd, gw, gb, cw, cb, 3, partitioned),

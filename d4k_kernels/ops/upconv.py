@@ -90,7 +90,7 @@ def fold_weights(conv_weight: torch.Tensor, partitioned: bool, dtype: torch.dtyp
 if triton is not None:
 
     @triton.jit
-    def _upconv_kernel(
+    def _recompute_body(
         x_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr,
         C, H, W, NCOL, KC, NPAD, ROWS,
         sxn, sxc, sxh, sxw,
@@ -98,6 +98,8 @@ if triton is not None:
         D: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, INT64: tl.constexpr,
         BW: tl.constexpr, BC: tl.constexpr, BN: tl.constexpr,
     ):
+        # SHIFT=False: the D column-shifted tiles are loaded and activated separately (each input element is
+        # activated D times); one [BW, BN] accumulator per pending output row.
         pid_w = tl.program_id(0)
         pid_h = tl.program_id(1)
         pid_z = tl.program_id(2)
@@ -189,35 +191,173 @@ if triton is not None:
                 acc0 = acc1
                 acc1 = tl.zeros((BW, BN), dtype=tl.float32)
 
+    @triton.jit
+    def _shift_body(
+        x_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr, s_ptr,
+        C, H, W, NCOL, KC, NPAD, ROWS,
+        sxn, sxc, sxh, sxw,
+        syn, syc, syh, syw,
+        D: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, INT64: tl.constexpr,
+        BW: tl.constexpr, BC: tl.constexpr, BN: tl.constexpr, DP: tl.constexpr,
+    ):
+        # SHIFT=True: each input element is activated ONCE. The program activates BW columns
+        # [w0 - 1, w0 - 1 + BW) and produces BW - (D - 1) output columns. One dot per (channel block, dy)
+        # computes the D column offsets side by side ([BW, DP*BN], dx-major); when an output row is
+        # complete, its accumulator goes through a per-program scratch slot and is read back shifted
+        # (column i + dx of block dx), summed, and stored.
+        pid_w = tl.program_id(0)
+        pid_h = tl.program_id(1)
+        pid_z = tl.program_id(2)
+        n_nb = tl.cdiv(NCOL, BN)
+        n = pid_z // n_nb
+        nb = pid_z % n_nb
+        OW = BW - (D - 1)
+        w0 = pid_w * OW
+        ii = tl.arange(0, BW)
+        cols = w0 - 1 + ii                            # activated low-res columns
+        ocols = w0 + ii                               # output (low-res) columns, valid for ii < OW
+        jl = tl.arange(0, BN)
+        j = nb * BN + jl
+        tt = tl.arange(0, DP * BN)                    # (dx block, folded channel) side by side
+        t_dx = tt // BN
+        t_j = nb * BN + tt % BN
+        m0 = pid_h * ROWS
+        x_base = x_ptr + n.to(tl.int64) * sxn
+        y_base = y_ptr + n.to(tl.int64) * syn + (nb * (BN // 4)).to(tl.int64) * syc
+        pid_lin = (pid_z * tl.num_programs(1) + pid_h) * tl.num_programs(0) + pid_w
+        s_base = s_ptr + pid_lin.to(tl.int64) * (BW * DP * BN)
+        s_st = ii[:, None] * (DP * BN) + tt[None, :]
+        kc = tl.arange(0, BC)
+        if INT64:
+            kc_off = kc.to(tl.int64) * sxc
+            x_col = cols.to(tl.int64) * sxw
+            y_col = (jl // 4).to(tl.int64) * syc + ((j // 2) % 2).to(tl.int64) * syh
+            y_el = (2 * ocols[:, None] + (j % 2)[None, :]).to(tl.int64) * syw + y_col[None, :]
+        else:
+            kc_off = kc * sxc
+            x_col = cols * sxw
+            y_col = (jl // 4) * syc + ((j // 2) % 2) * syh
+            y_el = (2 * ocols[:, None] + (j % 2)[None, :]) * syw + y_col[None, :]
+        w_off = kc[:, None] * NPAD + (t_dx * KC * NPAD + t_j)[None, :]   # [BC, DP*BN] inside one dy slab
+        w_msk = (kc >= 0)[:, None] & (t_dx < D)[None, :]
+        col_ok = (cols >= 0) & (cols < W)
+        smask_c = (j < NCOL)[None, :]
+        if HAS_BIAS:
+            bv = tl.load(bias_ptr + j // 4, mask=j < NCOL, other=0.0)
+        acc0 = tl.zeros((BW, DP * BN), dtype=tl.float32)
+        acc1 = tl.zeros((BW, DP * BN), dtype=tl.float32)
+        acc2 = tl.zeros((BW, DP * BN), dtype=tl.float32)
+        for it in range(ROWS + D - 1):
+            r = m0 - 1 + it
+            rv = cols * 0 + r
+            m_row = col_ok & (rv >= 0) & (rv < H)
+            x_blk = x_base + r.to(tl.int64) * sxh
+            w_blk = w_ptr + w_off
+            for c0 in range(0, C, BC):
+                cc = c0 + kc
+                cmask = cc < C
+                a = tl.load(scale_ptr + n * C + cc, mask=cmask, other=0.0)
+                b = tl.load(shift_ptr + n * C + cc, mask=cmask, other=0.0)
+                m = m_row[:, None] & cmask[None, :]
+                v = tl.load(x_blk + x_col[:, None] + kc_off[None, :], mask=m, other=0.0)
+                v = v.to(tl.float32) * a[None, :] + b[None, :]
+                v = v * tl.sigmoid(v)
+                v = tl.where(m, v, 0.0).to(x_ptr.dtype.element_ty).to(w_ptr.dtype.element_ty)
+                w_a = tl.load(w_blk, mask=w_msk, other=0.0)                      # dy = -1: output row r + 1
+                w_b = tl.load(w_blk + D * KC * NPAD, mask=w_msk, other=0.0)      # dy =  0: output row r
+                if D == 3:
+                    w_c = tl.load(w_blk + 2 * D * KC * NPAD, mask=w_msk, other=0.0)  # dy = +1: row r - 1
+                    if IEEE:
+                        acc2 = tl.dot(v, w_a, acc2, input_precision="ieee")
+                        acc1 = tl.dot(v, w_b, acc1, input_precision="ieee")
+                        acc0 = tl.dot(v, w_c, acc0, input_precision="ieee")
+                    else:
+                        acc2 = tl.dot(v, w_a, acc2)
+                        acc1 = tl.dot(v, w_b, acc1)
+                        acc0 = tl.dot(v, w_c, acc0)
+                else:
+                    if IEEE:
+                        acc1 = tl.dot(v, w_a, acc1, input_precision="ieee")
+                        acc0 = tl.dot(v, w_b, acc0, input_precision="ieee")
+                    else:
+                        acc1 = tl.dot(v, w_a, acc1)
+                        acc0 = tl.dot(v, w_b, acc0)
+                x_blk += BC * sxc
+                w_blk += BC * NPAD
+            # output row `orow` is complete in acc0: shift-add the D column blocks through the scratch slot
+            orow = r - (D - 2)
+            tl.store(s_base + s_st, acc0)
+            tl.debug_barrier()
+            out = tl.zeros((BW, BN), dtype=tl.float32)
+            for dxi in tl.static_range(D):
+                src = ii + dxi
+                out += tl.load(s_base + src[:, None] * (DP * BN) + (dxi * BN + jl)[None, :],
+                               mask=(src < BW)[:, None], other=0.0, cache_modifier=".cg")
+            tl.debug_barrier()
+            if HAS_BIAS:
+                out = out + bv[None, :]
+            ov = ii * 0 + orow
+            o_ok = (ii < OW) & (ocols < W) & (ov >= m0) & (ov < m0 + ROWS) & (ov < H) & (ov >= 0)
+            tl.store(y_base + (2 * orow).to(tl.int64) * syh + y_el, out.to(y_ptr.dtype.element_ty),
+                     mask=o_ok[:, None] & smask_c)
+            if D == 3:
+                acc0 = acc1
+                acc1 = acc2
+                acc2 = tl.zeros((BW, DP * BN), dtype=tl.float32)
+            else:
+                acc0 = acc1
+                acc1 = tl.zeros((BW, DP * BN), dtype=tl.float32)
+
+    @triton.jit
+    def _upconv_kernel(
+        x_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr, s_ptr,
+        C, H, W, NCOL, KC, NPAD, ROWS,
+        sxn, sxc, sxh, sxw,
+        syn, syc, syh, syw,
+        D: tl.constexpr, HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, INT64: tl.constexpr,
+        BW: tl.constexpr, BC: tl.constexpr, BN: tl.constexpr, SHIFT: tl.constexpr, DP: tl.constexpr,
+    ):
+        if SHIFT:
+            _shift_body(x_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr, s_ptr, C, H, W, NCOL, KC, NPAD, ROWS,
+                        sxn, sxc, sxh, sxw, syn, syc, syh, syw, D, HAS_BIAS, IEEE, INT64, BW, BC, BN, DP)
+        else:
+            _recompute_body(x_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr, C, H, W, NCOL, KC, NPAD, ROWS,
+                            sxn, sxc, sxh, sxw, syn, syc, syh, syw, D, HAS_BIAS, IEEE, INT64, BW, BC, BN)
+
 
 # Tile sizes used under the Triton interpreter (no autotuning there); tests override them to exercise several
 # column / row strips and channel blocks on tiny tensors. ROWS=None: one strip of all rows.
-_INTERP_CFG = {"BW": 16, "BC": 16, "BN": None, "ROWS": None, "INT64": False}
+_INTERP_CFG = {"BW": 16, "BC": 16, "BN": None, "ROWS": None, "INT64": False, "SHIFT": True}
 
 _KPAD = 64  # weights are padded to a multiple of 64 channels and 64 folded outputs (any BC, BN <= 64 fits)
 
 
 def _gpu_configs():
-    cfgs = []
-    for bw, bc, bn, nw, ns in (
-        (64, 32, 16, 4, 2), (64, 64, 16, 4, 2), (128, 32, 16, 4, 2), (128, 64, 16, 8, 2),
-        (64, 32, 32, 4, 2), (64, 32, 64, 4, 2), (128, 32, 64, 8, 2),
-    ):
-        cfgs.append(triton.Config({"BW": bw, "BC": bc, "BN": bn}, num_warps=nw, num_stages=ns))
-    return cfgs
+    """(BW, BC, BN, warps, stages, SHIFT). Register use checked with ptxas for sm_90 (bf16, C=128): no spills
+    for the BN=16 ones (SHIFT needs 8 warps to stay below ~170 registers); the autotuner picks per shape."""
+    table = (
+        (64, 32, 16, 8, 2, True), (128, 32, 16, 8, 2, True), (64, 32, 32, 8, 2, True),
+        (64, 32, 16, 4, 2, False), (128, 32, 16, 4, 2, False), (64, 64, 16, 4, 2, False),
+        (64, 32, 32, 4, 2, False), (64, 32, 64, 4, 2, False), (128, 32, 64, 8, 2, False),
+    )
+    return [triton.Config({"BW": bw, "BC": bc, "BN": bn, "SHIFT": sh}, num_warps=nw, num_stages=ns)
+            for bw, bc, bn, nw, ns, sh in table]
 
 
 def _prune(configs, named_args, **kwargs):
     ncol, c = named_args["NCOL"], named_args["C"]
     ieee = kwargs.get("IEEE", named_args.get("IEEE", False))
+    d = kwargs.get("D", named_args.get("D", 2))
     out = []
     for cfg in configs:
-        bn, bc = cfg.kwargs["BN"], cfg.kwargs["BC"]
+        bn, bc, bw, sh = cfg.kwargs["BN"], cfg.kwargs["BC"], cfg.kwargs["BW"], cfg.kwargs["SHIFT"]
         if bn > 16 and bn // 2 >= ncol:      # a narrower BN already covers every output channel
             continue
         if bc > 32 and c <= 32:
             continue
-        if ieee and (bc > 32 or bn > 32 or cfg.kwargs["BW"] > 64):  # fp32 operands: keep shared memory small
+        if ieee and (bc > 32 or bn > 32 or bw > 64):  # fp32 operands: keep shared memory small
+            continue
+        if sh and bn * (2 if d == 2 else 4) > 64 and bw > 64:  # SHIFT widens the dot to DP*BN columns
             continue
         out.append(cfg)
     return out or configs[:1]
@@ -267,24 +407,41 @@ def _upconv_triton(x, scale, shift, conv_weight, conv_bias, partitioned):
     lim = 2**31 - 1
     sxn, sxc, sxh, sxw = (abs(v) for v in x.stride())
     big = 64 * sxc >= lim or (W + 2) * sxw >= lim or 16 * y.stride(1) >= lim or 2 * W + 2 >= lim
-    args = (x, wk, bias, scale, shift, y, C, H, W, ncol, KC, NPAD)
     if not _use_tuned(x) and _INTERP_CFG["INT64"]:
         big = True
-    const = dict(D=D, HAS_BIAS=conv_bias is not None, IEEE=ieee, INT64=bool(big))
+    DP = 2 if D == 2 else 4
+    const = dict(D=D, HAS_BIAS=conv_bias is not None, IEEE=ieee, INT64=bool(big), DP=DP)
+
+    def grid_of(bw, bn, rows, shift_mode):
+        ow = bw - (D - 1) if shift_mode else bw
+        return (triton.cdiv(W, ow), triton.cdiv(H, rows), N * triton.cdiv(ncol, bn))
+
+    def scratch_for(cfgs, rows):  # one [BW, DP*BN] fp32 slot per program of the SHIFT variant
+        sizes = [bw * DP * bn * grid_of(bw, bn, rows, True)[0] * grid_of(bw, bn, rows, True)[1]
+                 * grid_of(bw, bn, rows, True)[2] for bw, bn, sh in cfgs if sh]
+        return torch.empty(max(sizes + [1]), dtype=torch.float32, device=x.device)
+
     if _use_tuned(x):
-        def grid(meta):
-            n_z = N * triton.cdiv(ncol, meta["BN"])
-            return (triton.cdiv(W, meta["BW"]), triton.cdiv(H, meta["ROWS"]), n_z)
         rows = _rows_for(H, W, 64, N * triton.cdiv(ncol, 16))
         if triton.cdiv(H, rows) > 65535 or N * triton.cdiv(ncol, 16) > 65535:
             raise ValueError(f"upconv_tail: grid too large for x of shape {tuple(x.shape)} and Cout={Cout}")
-        _upconv_kernel_tuned[grid](*args, rows, *x.stride(), *y.stride(), **const)
+        cfgs = [(c.kwargs["BW"], c.kwargs["BN"], c.kwargs["SHIFT"]) for c in _gpu_configs()]
+        scratch = scratch_for(cfgs, rows)
+
+        def grid(meta):
+            return grid_of(meta["BW"], meta["BN"], meta["ROWS"], meta["SHIFT"])
+
+        _upconv_kernel_tuned[grid](x, wk, bias, scale, shift, y, scratch, C, H, W, ncol, KC, NPAD, rows,
+                                   *x.stride(), *y.stride(), **const)
     else:
         BW, BC = _INTERP_CFG["BW"], _INTERP_CFG["BC"]
         BN = _INTERP_CFG["BN"] or (16 if ncol <= 16 else 32)
+        shift_mode = _INTERP_CFG["SHIFT"]
         rows = _INTERP_CFG["ROWS"] or max(1, H)  # fewest programs under the interpreter
-        grid = (triton.cdiv(W, BW), triton.cdiv(H, rows), N * triton.cdiv(ncol, BN))
-        _upconv_kernel[grid](*args, rows, *x.stride(), *y.stride(), **const, BW=BW, BC=BC, BN=BN)
+        scratch = scratch_for([(BW, BN, shift_mode)], rows)
+        _upconv_kernel[grid_of(BW, BN, rows, shift_mode)](
+            x, wk, bias, scale, shift, y, scratch, C, H, W, ncol, KC, NPAD, rows, *x.stride(), *y.stride(),
+            **const, BW=BW, BC=BC, BN=BN, SHIFT=shift_mode)
     return y
 
 
