@@ -52,7 +52,8 @@ def _group_cases(shape, dtype, device, quick: bool, extra: bool = False) -> List
         cases.append(Case(group, "pytorch_wavelets", fwd_bwd(released_formula), nbytes, "the released script"))
     cases.append(Case(group, "torch", fwd_bwd(plain_torch_formula), nbytes, "script math, DWT by slicing"))
     if not quick:
-        compiled = torch.compile(plain_torch_formula)
+        # one static-shape compile per group: a dynamic-shape recompile is slower and makes other code
+        compiled = torch.compile(plain_torch_formula, dynamic=False)
         cases.append(Case(group, "torch.compile", fwd_bwd(compiled), nbytes))
     return cases
 
