@@ -206,3 +206,24 @@ def test_wrapped_model_and_errors():
         step(latents, ehs, pool, noise=torch.randn(2, 16, 8, 6))
     with pytest.raises(ValueError, match=r"u must have shape \(2,\), got \(3,\)"):
         step(latents, ehs, pool, u=torch.rand(3))
+
+
+@pytest.mark.cuda
+def test_step_on_cuda_bf16(seed):
+    """The step on a GPU in bf16 (Triton kernels) gives the gradients of the torch path on the same
+    CUDA tensors."""
+    dev = torch.device("cuda")
+    model = tiny_flux().to(dev, torch.bfloat16)
+    latents, ehs, pool = (t.to(dev, torch.bfloat16) for t in _batch(2, 16, 16))
+    noise, u = torch.randn_like(latents), torch.rand(2).clamp(0.05, 0.95)
+    step = FlowMatchingWLFStep(model, weighting_scheme="logit_normal", levels=2, band_weights=(1.0, 2.0, 2.0, 4.0))
+    loss = step(latents, ehs, pool, noise=noise, u=u, backward=True)
+    grads = {n: p.grad.float().clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    with backend.prefer("cpu"):
+        ref = step(latents, ehs, pool, noise=noise, u=u, backward=True)
+    assert math.isclose(loss.item(), ref.item(), rel_tol=1e-4)
+    for n, p in model.named_parameters():
+        if p.grad is not None:
+            scale = p.grad.float().abs().max().item() + 1e-12
+            assert (grads[n] - p.grad.float()).abs().max().item() <= 3e-2 * scale, n
