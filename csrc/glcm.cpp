@@ -4,6 +4,8 @@
 #include "glcm.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/ops/constant_pad_nd.h>
+#include <ATen/ops/empty.h>
 
 #include <algorithm>
 #include <cmath>

@@ -1,6 +1,6 @@
 // Per-patch GLCM counts and the exact distinct-value GLCM entropy (CPU). See glcm.cpp.
 #pragma once
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>  // light: keeps the first-use build short
 
 namespace d4k {
 

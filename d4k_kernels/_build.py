@@ -29,7 +29,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-__all__ = ["ExtensionError", "load_extension", "find_source", "cache_dir", "ext_disabled", "failure"]
+__all__ = ["ExtensionError", "TorchLibrary", "load_extension", "find_source", "cache_dir", "ext_disabled", "failure"]
 
 _TRUE = ("1", "true", "yes", "on")
 _PKG_FOR_DIR = {"csrc": "d4k_kernels._csrc", "bindings": "d4k_kernels._bindings"}
@@ -105,10 +105,25 @@ def _default_cflags() -> List[str]:
     return flags
 
 
+class TorchLibrary:
+    """A loaded TORCH_LIBRARY extension: attribute access gives ``torch.ops.<namespace>.<op>``."""
+
+    def __init__(self, namespace: str, path: str):
+        self.namespace = namespace
+        self.__file__ = path
+
+    def __getattr__(self, op: str):
+        return getattr(getattr(torch.ops, self.namespace), op)
+
+    def __repr__(self):
+        return f"<d4k extension torch.ops.{self.namespace} from {self.__file__}>"
+
+
 def load_extension(
     name: str,
     sources: Sequence[str],
     *,
+    ops_namespace: Optional[str] = None,
     extra_cflags: Sequence[str] = (),
     extra_cuda_cflags: Sequence[str] = (),
     extra_ldflags: Sequence[str] = (),
@@ -117,15 +132,17 @@ def load_extension(
 ):
     """Build (once) and import extension ``name`` from ``sources`` (paths like ``"csrc/x.cpp"``).
 
-    Returns the Python module, or ``None`` when building is disabled or fails (one warning per
-    name) unless ``required``."""
+    With ``ops_namespace`` the sources register ops with ``TORCH_LIBRARY(<ops_namespace>, m)`` and a
+    :class:`TorchLibrary` is returned; otherwise they define a pybind11 module, which is returned.
+    ``None`` when building is disabled or fails (one warning per name) unless ``required``."""
     with _lock:
         if name in _loaded:
             return _loaded[name]
         if name in _failed and not required:
             return None
         try:
-            mod = _build(name, sources, list(extra_cflags), list(extra_cuda_cflags), list(extra_ldflags))
+            mod = _build(name, sources, list(extra_cflags), list(extra_cuda_cflags), list(extra_ldflags),
+                         ops_namespace)
         except Exception as e:  # noqa: BLE001 - any failure means "use the fallback"
             reason = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
             _failed[name] = reason
@@ -143,7 +160,7 @@ def load_extension(
         return mod
 
 
-def _build(name, sources, cflags, cuda_cflags, ldflags):
+def _build(name, sources, cflags, cuda_cflags, ldflags, ops_namespace=None):
     if ext_disabled():
         raise ExtensionError("disabled by D4K_NO_EXT=1")
     paths = [find_source(s) for s in sources]
@@ -182,7 +199,7 @@ def _build(name, sources, cflags, cuda_cflags, ldflags):
             tmp.write_bytes(data)
             os.replace(tmp, dst)
         local.append(str(dst))
-    return cpp_extension.load(
+    res = cpp_extension.load(
         name=modname,
         sources=local,
         extra_cflags=cflags,
@@ -192,7 +209,12 @@ def _build(name, sources, cflags, cuda_cflags, ldflags):
         extra_include_paths=sorted({str(p.parent) for p in paths}),
         with_cuda=with_cuda,
         verbose=verbose,
+        is_python_module=ops_namespace is None,
     )
+    if ops_namespace is None:
+        return res
+    so = res if isinstance(res, str) else str(bdir / f"{modname}.so")
+    return TorchLibrary(ops_namespace, so)
 
 
 def _reset_for_tests() -> None:

@@ -232,7 +232,7 @@ _warned_fallback = False
 def _cpu_ext():
     from .._build import load_extension
 
-    return load_extension("glcm", ["csrc/glcm.cpp", "bindings/glcm.cpp"], warn=False)
+    return load_extension("glcm", ["csrc/glcm.cpp", "bindings/glcm.cpp"], ops_namespace="d4k_glcm", warn=False)
 
 
 def _cpu_ext_or_warn():
