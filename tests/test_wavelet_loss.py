@@ -347,19 +347,21 @@ def test_coefficient_count_matches_pytorch_wavelets():
 # ----------------------------------------------------------------------------------------------
 # torch.compile and bad inputs
 # ----------------------------------------------------------------------------------------------
-def test_torch_compile_fullgraph_cpu(seed):
+def test_torch_compile_fullgraph(backend_device, seed):
+    """fullgraph=True: the registered ops keep the graph whole; on the CPU path and on the Triton
+    kernels (interpreter / CUDA) behind the op."""
+    _, dev = backend_device
     torch._dynamo.reset()
-    p = torch.randn(2, 3, 6, 7, requires_grad=True)
-    xt, x0 = torch.randn(2, 3, 6, 7), torch.randn(2, 3, 6, 7)
-    sig, w = torch.rand(2, 1, 1, 1), torch.rand(2, 1, 1, 1)
+    p = torch.randn(2, 3, 6, 7, device=dev, requires_grad=True)
+    xt, x0 = torch.randn(2, 3, 6, 7, device=dev), torch.randn(2, 3, 6, 7, device=dev)
+    sig, w = torch.rand(2, 1, 1, 1, device=dev), torch.rand(2, 1, 1, 1, device=dev)
 
     def f(p, xt, x0, sig, w):
         return wavelet_loss(p, xt, x0, sig, w, levels=2, band_weights=(1.0, 2.0, 0.5, 1.0))
 
-    with backend.prefer("cpu"):
-        cf = torch.compile(f, fullgraph=True, backend="aot_eager")
-        out = cf(p, xt, x0, sig, w)
-        g = torch.autograd.grad(out, p)[0]
+    cf = torch.compile(f, fullgraph=True, backend="aot_eager")
+    out = cf(p, xt, x0, sig, w)
+    g = torch.autograd.grad(out, p)[0]
     ref = wavelet_loss_f64(p, xt, x0, sig, w, 2, (1.0, 2.0, 0.5, 1.0))
     _close(out, ref, 2e-6, what="compiled loss")
     _close(g, _grads(ref, [p])[0], 2e-6, what="compiled grad")
