@@ -13,7 +13,7 @@ import importlib
 _EXPORTS = {
     "SCAutoencoderKL": "sc_vae", "SCDecoder": "sc_vae", "SC_VAE_CONFIG": "sc_vae", "FLUX_VAE_CONFIG": "sc_vae",
     "tiled_decode": "tiled", "ExactTiledDecoder": "tiled", "TilePlan": "tiled", "plan_tiles": "tiled",
-    "parse_memory": "tiled", "required_halo": "tiled",
+    "parse_memory": "tiled", "required_halo": "tiled", "conv_macs": "tiled",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -74,7 +74,6 @@ class SCDecoder(Decoder):
             use_kernels = self.use_kernels
         ops = get_ops(x.device, use_kernels)
         norm = self.conv_norm_out
-        n = x.shape[0]
         count = (x.shape[1] // norm.num_groups) * x.shape[-2] * x.shape[-1]
         if ops.name == "torch":
             # GroupNorm's own statistics, exactly as nn.GroupNorm computes them
@@ -84,7 +83,6 @@ class SCDecoder(Decoder):
             return nn.functional.conv2d(y, self.conv_out.weight, self.conv_out.bias)
         stats = ops.stats(x, norm.num_groups)
         mean, rstd = ops.finalize(stats, count, norm.eps)
-        del n
         return ops.upconv_tail(x, mean, rstd, norm.weight, norm.bias, self.conv_out.weight, self.conv_out.bias,
                                norm.num_groups, act=self.conv_act, partitioned=self.partitioned)
 
