@@ -241,3 +241,37 @@ def test_conv_macs_counts_the_real_convs(seed):
         h.remove()
     assert conv_macs(vae.decoder, tuple(z.shape)) == sum(macs)
     assert conv_macs(vae.decoder, tuple(z.shape), tile=3) > sum(macs)
+
+
+def test_waiting_tile_holds_no_tensor_outside_its_live_state(seed):
+    """While a tile waits at a GroupNorm, its only big tensors are the ones handed to the driver
+    (which may move them to the host): nothing else may pin device memory in the generator frame."""
+    from d4k_kernels.vae.tiled import TorchOps, _Tile, _tile_program
+
+    for cfg, kw in ((THREE, {}), (TWO, {"stride": 2})):
+        vae = _vae(cfg, SCAutoencoderKL, **kw)
+        dec = vae.decoder
+        with torch.no_grad():
+            x = dec.mid_block(dec.conv_in(torch.randn(1, 4, 6, 5)), None)
+            g = _tile_program(dec, TorchOps, _Tile(x, 0, 6, 0, 5, 6, 5, (0, 6, 0, 5)))
+            del x
+            req, n_yields = next(g), 0
+            while True:
+                n_yields += 1
+                saved = [tl.t for tl in req.live]
+                for tl in req.live:
+                    tl.t = None  # what parking does
+                live_ids = {id(tl) for tl in req.live}
+                for name, v in g.gi_frame.f_locals.items():
+                    if isinstance(v, torch.Tensor):
+                        assert v.numel() <= 64, f"{name} {tuple(v.shape)} stays in the frame"
+                    if isinstance(v, _Tile) and id(v) not in live_ids:
+                        assert v.t is None, f"tile {name} keeps a tensor"
+                for tl, t in zip(req.live, saved):
+                    tl.t = t
+                stats = TorchOps.finalize(req.stats, req.count, req.norm.eps)
+                try:
+                    req = g.send(stats)
+                except StopIteration:
+                    break
+        assert n_yields == 2 * sum(len(b.resnets) for b in dec.up_blocks) + 1

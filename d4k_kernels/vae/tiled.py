@@ -422,6 +422,7 @@ def _tile_program(dec, ops, x: _Tile):
         for u in getattr(block, "upsamplers", None) or []:
             t = F.interpolate(x.t, scale_factor=2.0, mode="nearest")
             x = _conv3_tile(x.up2(t), _up_conv(u))
+            t = None  # no device tensor may stay in this frame across a yield but those in `live`
     norm = dec.conv_norm_out
     live = [x]
     mean, rstd = yield _gn_request(ops, x, norm, live)
