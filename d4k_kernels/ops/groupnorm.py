@@ -27,7 +27,6 @@ path instead; :func:`group_norm_stats` never carries a gradient (its float64 sum
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Tuple
 
 import torch
@@ -253,12 +252,20 @@ def _stats_triton(x: torch.Tensor, num_groups: int) -> torch.Tensor:
 
 def _stats_torch(x: torch.Tensor, num_groups: int) -> torch.Tensor:
     N = x.shape[0]
-    v = x.reshape(N, num_groups, -1).to(torch.float64)
+    v = x.reshape(N, num_groups, -1)
     n = v.shape[-1]
-    s1 = v.sum(dim=-1)
+    s1 = v.sum(dim=-1, dtype=torch.float64)
     mean = s1 / max(n, 1)
-    m2 = (v - mean.unsqueeze(-1)).square().sum(dim=-1)   # centred second pass: no cancellation
-    return torch.stack([s1, m2 + n * mean * mean], dim=-1)
+    if x.dtype == torch.float64:
+        m2 = (v - mean.unsqueeze(-1)).square().sum(dim=-1)   # centred second pass: no cancellation
+        return torch.stack([s1, m2 + n * mean * mean], dim=-1)
+    # 16/32-bit: centre on the fp32-rounded mean mr in fp32, sum the squares in float64;
+    # sum (x - mr)^2 = M2 + n (mean - mr)^2, so sumsq = that + 2 mr (s1 - n mr) + n mr^2 exactly
+    mr = mean.to(torch.float32)
+    d = v.to(torch.float32) - mr.unsqueeze(-1)
+    m2r = d.square().sum(dim=-1, dtype=torch.float64)
+    mr64 = mr.to(torch.float64)
+    return torch.stack([s1, m2r + 2 * mr64 * (s1 - n * mr64) + n * mr64 * mr64], dim=-1)
 
 
 def _apply_triton(x, scale, shift, silu):

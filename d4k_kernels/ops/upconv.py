@@ -451,8 +451,8 @@ def _upconv_torch(x, mean, rstd, gn_weight, gn_bias, conv_weight, conv_bias, num
     a = _apply_torch(x.to(cdt), mean, rstd, gn_weight, gn_bias, num_groups, silu=True)
     wf = fold_weights(conv_weight, partitioned, cdt)
     b4 = conv_bias.to(cdt).repeat_interleave(4) if conv_bias is not None else None
-    if partitioned:
-        z = F.conv2d(F.pad(a, (1, 0, 1, 0)), wf, b4)
+    if partitioned:  # 2x2 taps on rows/cols m-1, m: pad 1 all round, keep the first H x W outputs
+        z = F.conv2d(a, wf, b4, padding=1)[..., : a.shape[2], : a.shape[3]]
     else:
         z = F.conv2d(a, wf, b4, padding=1)
     return F.pixel_shuffle(z, 2).to(x.dtype)
