@@ -245,6 +245,45 @@ if backend.HAS_TRITON:
         return lh, hl, hh
 
     @triton.jit
+    def _pairs(ll, sgn):
+        """Row sums/differences of the 2x2 blocks of an (R, C) tile, split into even and odd
+        columns: (a + c, b + d, a - c, b - d), each (R/2, C/2)."""
+        R: tl.constexpr = ll.shape[0] // 2
+        C: tl.constexpr = ll.shape[1]
+        C2: tl.constexpr = ll.shape[1] // 2
+        t = tl.reshape(ll, (R, 2, C))                      # row pairs
+        rs = tl.sum(t, axis=1)
+        rd = tl.sum(t * sgn[None, :, None], axis=1)
+        se, so = tl.split(tl.reshape(rs, (R, C2, 2)))
+        de, do_ = tl.split(tl.reshape(rd, (R, C2, 2)))
+        return se, so, de, do_
+
+    @triton.jit
+    def _unpairs(ll, lh, hl, hh):
+        """Inverse 2x2 butterflies of (R, C) tiles as the even and odd output rows, each (R, 2C)
+        with the columns interleaved."""
+        R: tl.constexpr = ll.shape[0]
+        C2: tl.constexpr = 2 * ll.shape[1]
+        p = ll + lh
+        q = hl + hh
+        r = ll - lh
+        t = hl - hh
+        top = tl.reshape(tl.join((p + q) * 0.5, (p - q) * 0.5), (R, C2))
+        bot = tl.reshape(tl.join((r + t) * 0.5, (r - t) * 0.5), (R, C2))
+        return top, bot
+
+    @triton.jit
+    def _unpairs_tile(ll, lh, hl, hh, sgn):
+        """Inverse 2x2 butterflies of (R, C) tiles as one (2R, 2C) tile (for inner levels)."""
+        R2: tl.constexpr = 2 * ll.shape[0]
+        C2: tl.constexpr = 2 * ll.shape[1]
+        sp = sgn[None, :, None, None]
+        sq = sgn[None, None, None, :]
+        x4 = (ll[:, None, :, None] + lh[:, None, :, None] * sp
+              + hl[:, None, :, None] * sq + hh[:, None, :, None] * (sp * sq)) * 0.5   # (R, 2, C, 2)
+        return tl.reshape(x4, (R2, C2))
+
+    @triton.jit
     def _haar_fwd_kernel(
         x_ptr, sx_p, sx_h, sx_w, n_h, n_w,          # group input (P, n_h, n_w), any strides
         ll_ptr, hL, wL,                             # group low-pass output, contiguous (P, hL, wL)
@@ -258,33 +297,53 @@ if backend.HAS_TRITON:
         rem = pid % tiles_per_plane
         tr = rem // tiles_w
         tc = rem % tiles_w
-        # level-1 outputs of this tile: (R1, C1); input rows 2 i + p, cols 2 j + q
+        # Level 1 reads two row-tiles of the input, even rows 2i and odd rows 2i+1, each
+        # (R1, 2*C1) and contiguous along the columns (so the loads vectorise), then splits the
+        # columns into even/odd with reshape + split: a b / c d of every 2x2 block.
         R1: tl.constexpr = BR << (LEVELS - 1)
         C1: tl.constexpr = BC << (LEVELS - 1)
+        C2: tl.constexpr = 2 * C1
         h1 = hL << (LEVELS - 1)
-        w1 = wL << (LEVELS - 1)
-        two = tl.arange(0, 2)
         i = tr * R1 + tl.arange(0, R1)
-        j = tc * C1 + tl.arange(0, C1)
-        r = (2 * i)[:, None, None, None] + two[None, :, None, None]      # (R1, 2, 1, 1)
-        c = (2 * j)[None, None, :, None] + two[None, None, None, :]      # (1, 1, C1, 2)
-        m = (r < 2 * h1) & (c < 2 * w1)
-        if MODE == 0:   # zero padding: the padded sample reads as 0
-            m = m & (r < n_h) & (c < n_w)
-        else:           # symmetric / periodization -> n - 1, reflect -> n - 2
-            r = tl.where(r < n_h, r, n_h - MODE)
-            c = tl.where(c < n_w, c, n_w - MODE)
-        x4 = tl.load(x_ptr + _offset3(plane, r, c, sx_p, sx_h, sx_w), mask=m, other=0.0).to(ACC)
-        sgn = 1.0 - 2.0 * two.to(ACC)                                     # [+1, -1]
+        cin = tc * C2 + tl.arange(0, C2)
+        r0 = 2 * i
+        r1 = 2 * i + 1
+        m0 = r0 < n_h
+        if MODE == 0:   # zero padding: the padded row reads as 0
+            m1 = r1 < n_h
+        else:           # symmetric / periodization -> row n - 1, reflect -> row n - 2
+            m1 = r1 < 2 * h1
+            r1 = tl.where(r1 < n_h, r1, n_h - MODE)
+        mc = (cin < n_w)[None, :]          # a padded column reads as 0 and is fixed below
+        top = tl.load(x_ptr + _offset3(plane, r0[:, None], cin[None, :], sx_p, sx_h, sx_w),
+                      mask=m0[:, None] & mc, other=0.0).to(ACC)
+        bot = tl.load(x_ptr + _offset3(plane, r1[:, None], cin[None, :], sx_p, sx_h, sx_w),
+                      mask=m1[:, None] & mc, other=0.0).to(ACC)
+        a, b = tl.split(tl.reshape(top, (R1, C1, 2)))
+        c, d = tl.split(tl.reshape(bot, (R1, C1, 2)))
+        if MODE != 0:
+            j = tc * C1 + tl.arange(0, C1)
+            padc = ((2 * j + 1) == n_w)[None, :]       # the odd column beyond an odd width
+            if MODE == 1:       # repeat the last column (= the even column of this pair)
+                b = tl.where(padc, a, b)
+                d = tl.where(padc, c, d)
+            else:               # reflect: column n - 2 (the odd column of the previous pair)
+                e0 = tl.load(x_ptr + _offset3(plane, r0, n_w - 2, sx_p, sx_h, sx_w), mask=m0, other=0.0)
+                e1 = tl.load(x_ptr + _offset3(plane, r1, n_w - 2, sx_p, sx_h, sx_w), mask=m1, other=0.0)
+                b = tl.where(padc, e0.to(ACC)[:, None], b)
+                d = tl.where(padc, e1.to(ACC)[:, None], d)
+        se = a + c      # row sums / differences, even and odd columns
+        so = b + d
+        de = a - c
+        do_ = b - d
+        sgn = 1.0 - 2.0 * tl.arange(0, 2).to(ACC)                        # [+1, -1]
         for k in tl.static_range(LEVELS):
-            if k > 0:   # next level: 2x2 blocks of the previous low-pass tile
-                x4 = tl.reshape(ll, (ll.shape[0] // 2, 2, ll.shape[1] // 2, 2))
-            t = tl.sum(x4, axis=3)                                        # (R, 2, C)
-            u = tl.sum(x4 * sgn[None, None, None, :], axis=3)
-            ll = tl.sum(t, axis=1) * 0.5
-            lh = tl.sum(t * sgn[None, :, None], axis=1) * 0.5
-            hl = tl.sum(u, axis=1) * 0.5
-            hh = tl.sum(u * sgn[None, :, None], axis=1) * 0.5
+            if k > 0:   # next level: 2x2 blocks of the previous low-pass tile, in registers
+                se, so, de, do_ = _pairs(ll, sgn)
+            ll = (se + so) * 0.5
+            lh = (de + do_) * 0.5
+            hl = (se - so) * 0.5
+            hh = (de - do_) * 0.5
             hk = hL << (LEVELS - 1 - k)
             wk = wL << (LEVELS - 1 - k)
             if k == 0:
@@ -317,15 +376,12 @@ if backend.HAS_TRITON:
         rem = pid % tiles_per_plane
         tr = rem // tiles_w
         tc = rem % tiles_w
-        two = tl.arange(0, 2)
-        sgn = 1.0 - 2.0 * two.to(ACC)
-        sp = sgn[None, :, None, None]
-        sq = sgn[None, None, None, :]
         rows = tr * BR + tl.arange(0, BR)
         cols = tc * BC + tl.arange(0, BC)
         m = (rows < hL)[:, None] & (cols < wL)[None, :]
         cur = tl.load(ll_ptr + _offset3(plane, rows[:, None], cols[None, :], sl_p, sl_h, sl_w),
                       mask=m, other=0.0).to(ACC)
+        sgn = 1.0 - 2.0 * tl.arange(0, 2).to(ACC)                        # [+1, -1]
         for kk in tl.static_range(LEVELS):
             hk = hL << kk
             wk = wL << kk
@@ -339,18 +395,18 @@ if backend.HAS_TRITON:
                 lh, hl, hh = _load_bands(d4_ptr, plane, tr, tc, hk, wk, cur)
             else:
                 lh, hl, hh = _load_bands(d5_ptr, plane, tr, tc, hk, wk, cur)
-            x4 = (cur[:, None, :, None] + lh[:, None, :, None] * sp
-                  + hl[:, None, :, None] * sq + hh[:, None, :, None] * (sp * sq)) * 0.5   # (R,2,C,2)
-            if kk < LEVELS - 1:
-                cur = tl.reshape(x4, (2 * x4.shape[0], 2 * x4.shape[2]))
-            else:
-                i = tr * x4.shape[0] + tl.arange(0, x4.shape[0])
-                j = tc * x4.shape[2] + tl.arange(0, x4.shape[2])
-                r = (2 * i)[:, None, None, None] + two[None, :, None, None]
-                c = (2 * j)[None, None, :, None] + two[None, None, None, :]
-                mo = (r < o_h) & (c < o_w)
-                off = (plane.to(tl.int64) * o_h + r.to(tl.int64)) * o_w + c.to(tl.int64)
-                tl.store(out_ptr + off, x4.to(out_ptr.dtype.element_ty), mask=mo)
+            if kk < LEVELS - 1:     # inner level: the (2R, 2C) low-pass tile of the next level
+                cur = _unpairs_tile(cur, lh, hl, hh, sgn)
+            else:                   # finest level: store even and odd rows, contiguous columns
+                top, bot = _unpairs(cur, lh, hl, hh)
+                i = tr * top.shape[0] + tl.arange(0, top.shape[0])
+                cc = tc * top.shape[1] + tl.arange(0, top.shape[1])
+                mc = (cc < o_w)[None, :]
+                base = plane.to(tl.int64) * o_h
+                off0 = (base + (2 * i).to(tl.int64)[:, None]) * o_w + cc.to(tl.int64)[None, :]
+                ty = out_ptr.dtype.element_ty
+                tl.store(out_ptr + off0, top.to(ty), mask=((2 * i) < o_h)[:, None] & mc)
+                tl.store(out_ptr + off0 + o_w, bot.to(ty), mask=((2 * i + 1) < o_h)[:, None] & mc)
 
 
 def _tiles(levels: int) -> Tuple[int, int]:
