@@ -275,3 +275,24 @@ def test_waiting_tile_holds_no_tensor_outside_its_live_state(seed):
                 except StopIteration:
                     break
         assert n_yields == 2 * sum(len(b.resnets) for b in dec.up_blocks) + 1
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_offload_and_kernels(seed, dtype):
+    """On a GPU: state parked in pinned host memory on the side stream (budget forces it), and the
+    d4k kernels when importable; still the untiled decode."""
+    vae = _vae(TWO, SCAutoencoderKL, stride=2).to("cuda")
+    vae = torch.nn.Module.to(vae, dtype=dtype)
+    z = torch.randn(2, 4, 21, 18, device="cuda", dtype=dtype)
+    ref = _untiled(vae, z)
+    for use_kernels in (False, None):
+        dec = ExactTiledDecoder(vae.decoder, vae.post_quant_conv, tile=5, max_memory=1, progress=False,
+                                use_kernels=use_kernels)
+        out = dec(z)
+        torch.cuda.synchronize()
+        assert dec.last_offloaded_bytes > 0
+        if dtype == torch.float32:
+            assert (out - ref).abs().max().item() <= 1e-4 * max(1.0, ref.abs().max().item())
+        else:
+            assert _psnr(out, ref) >= 60.0
