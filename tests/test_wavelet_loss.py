@@ -283,6 +283,34 @@ def test_sigma_and_weighting_grads(backend_device, seed, sig_shape, reduction):
         _close(g, gr, 1e-11, what=f"grad {n}")
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_upstream_gradient_not_one(backend_device, seed, reduction):
+    """On the Triton path the gradient is computed in the forward pass for an upstream gradient of
+    1 and rescaled in the backward: check scaled / per-sample upstream gradients, and a second
+    backward through a retained graph (which recomputes)."""
+    _, dev = backend_device
+    (p, xt, x0), sig, w = _inputs((3, 2, 6, 10), dev, torch.float32)
+    bw = (1.0, 2.0, 0.5, 3.0)
+    out = wavelet_loss(p, xt, x0, sig.float(), w.float(), levels=2, band_weights=bw, reduction=reduction)
+    ref = wavelet_loss_f64(p, xt, x0, sig, w, 2, bw, reduction)
+    up = (0.25 + torch.rand(ref.shape, dtype=torch.float64, device=dev)) * 3.0
+    first = torch.autograd.grad(out, [p, xt, x0], up.float(), retain_graph=True)
+    second = torch.autograd.grad(out, [p, xt, x0], (2 * up).float())
+    grs = torch.autograd.grad(ref, [p, xt, x0], up)
+    for a, b, gr in zip(first, second, grs):
+        _close(a, gr, 2e-6, what="grad")
+        _close(b, 2 * gr, 2e-6, what="grad, second backward")
+
+
+def test_no_grad_forward(backend_device, seed):
+    _, dev = backend_device
+    (p, xt, x0), sig, w = _inputs((2, 2, 4, 6), dev, torch.float32)
+    with torch.no_grad():
+        out = wavelet_loss(p, xt, x0, sig.float(), w.float())
+    assert not out.requires_grad
+    _close(out, wavelet_loss_f64(p, xt, x0, sig, w), 2e-6, what="loss")
+
+
 def test_only_some_inputs_need_grad(backend_device, seed):
     _, dev = backend_device
     p = torch.randn(2, 2, 4, 6, device=dev, requires_grad=True)
@@ -428,13 +456,17 @@ import triton, triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from d4k_kernels.ops import wavelet_loss as wl
-FP32 = ("sigma_ptr", "bw_ptr", "part_ptr", "go_ptr", "w_ptr")
+FP32 = ("sigma_ptr", "bw_ptr", "part_ptr", "go_ptr", "w_ptr", "epart_ptr")
 DIV16 = ("H", "W", "sp_n", "sp_c", "sp_h", "st_n", "st_c", "st_h", "s0_n", "s0_c", "s0_h")
 jobs = [(wl._wl_fwd_kernel, 1, True, {}), (wl._wl_fwd_kernel, 5, False, {}),
         (wl._wl_bwd_kernel, 1, True, dict(W_PRED=True, W_XT=False, W_X0=False, W_SIGMA=False,
-                                          GO_PER_SAMPLE=False, HAS_W=True)),
+                                          GO_MODE=0, HAS_W=True, W_ENERGY=True)),   # fused fwd + grad
+        (wl._wl_bwd_kernel, 5, True, dict(W_PRED=True, W_XT=True, W_X0=False, W_SIGMA=False,
+                                          GO_MODE=0, HAS_W=True, W_ENERGY=True)),
         (wl._wl_bwd_kernel, 3, True, dict(W_PRED=True, W_XT=True, W_X0=True, W_SIGMA=True,
-                                          GO_PER_SAMPLE=True, HAS_W=False))]
+                                          GO_MODE=2, HAS_W=False, W_ENERGY=False)),  # recomputing bwd
+        (wl._wl_bwd_kernel, 1, False, dict(W_PRED=True, W_XT=False, W_X0=False, W_SIGMA=False,
+                                           GO_MODE=1, HAS_W=True, W_ENERGY=False))]
 for kern, levels, unit, flags in jobs:
     names = kern.arg_names
     bh, bw, _, _ = wl._tiles(4096, 4096, levels)
@@ -457,6 +489,14 @@ for per_sample in (False, True):
            for n in names}
     consts = {(names.index(n),): v for n, v in const.items()}
     triton.compile(ASTSource(fn=fin, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
+                   options={"num_warps": 4})
+resc = wl._wl_rescale_kernel
+for per_sample in (False, True):
+    names = resc.arg_names
+    const = dict(GO_PER_SAMPLE=per_sample, BLOCK=4096)
+    sig = {"g_ptr": "*bf16", "go_ptr": "*fp32", "per_sample": "i32", "GO_PER_SAMPLE": "constexpr", "BLOCK": "constexpr"}
+    consts = {(names.index(n),): v for n, v in const.items()}
+    triton.compile(ASTSource(fn=resc, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
                    options={"num_warps": 4})
 print("compiled")
 """

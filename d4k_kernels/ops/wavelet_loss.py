@@ -171,16 +171,17 @@ if backend.HAS_TRITON:
 
     @triton.jit
     def _wl_bwd_kernel(pred_ptr, xt_ptr, x0_ptr, sigma_ptr, bw_ptr, go_ptr, w_ptr, ge_scale,
-                       gp_ptr, gt_ptr, g0_ptr, part_ptr,
+                       gp_ptr, gt_ptr, g0_ptr, part_ptr, epart_ptr,
                        C, H, W, n_tiles,
                        sp_n, sp_c, sp_h, sp_w, st_n, st_c, st_h, st_w, s0_n, s0_c, s0_h, s0_w,
                        HAS_XT: tl.constexpr, LEVELS: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
                        ACC: tl.constexpr, UNIT_W: tl.constexpr, W_PRED: tl.constexpr, W_XT: tl.constexpr,
-                       W_X0: tl.constexpr, W_SIGMA: tl.constexpr, GO_PER_SAMPLE: tl.constexpr,
-                       HAS_W: tl.constexpr):
+                       W_X0: tl.constexpr, W_SIGMA: tl.constexpr, GO_MODE: tl.constexpr,
+                       HAS_W: tl.constexpr, W_ENERGY: tl.constexpr):
         """g = 2 * dL/dE_n * W^T diag(w) W d; grad pred = -sigma g, grad x_t = g, grad x0 = -g,
         per-tile partials of grad sigma = sum(-pred * g). Gradients are written contiguous.
-        dL/dE_n = go[n or 0] * ge_scale (* weighting[n] when HAS_W)."""
+        dL/dE_n = go * ge_scale (* weighting[n] when HAS_W), go = 1 (GO_MODE 0), go[0] (1) or go[n] (2).
+        W_ENERGY: also write the forward's per-tile energy partials (forward and gradient in one pass)."""
         plane = tl.program_id(0)
         n = (plane // C).to(tl.int64)
         c = (plane % C).to(tl.int64)
@@ -222,10 +223,34 @@ if backend.HAS_TRITON:
         if LEVELS == 1:
             g = ll1 * wll
         g4 = _ihaar(g, lh1 * _w(bw_ptr, 1), hl1 * _w(bw_ptr, 2), hh1 * _w(bw_ptr, 3), ACC)
-        if GO_PER_SAMPLE:
+        if W_ENERGY:
+            en = _w(bw_ptr, 1) * _ssq(lh1) + _w(bw_ptr, 2) * _ssq(hl1) + _w(bw_ptr, 3) * _ssq(hh1)
+            if LEVELS >= 2:
+                en += _w(bw_ptr, 4) * _ssq(lh2) + _w(bw_ptr, 5) * _ssq(hl2) + _w(bw_ptr, 6) * _ssq(hh2)
+            if LEVELS >= 3:
+                en += _w(bw_ptr, 7) * _ssq(lh3) + _w(bw_ptr, 8) * _ssq(hl3) + _w(bw_ptr, 9) * _ssq(hh3)
+            if LEVELS >= 4:
+                en += _w(bw_ptr, 10) * _ssq(lh4) + _w(bw_ptr, 11) * _ssq(hl4) + _w(bw_ptr, 12) * _ssq(hh4)
+            if LEVELS >= 5:
+                en += _w(bw_ptr, 13) * _ssq(lh5) + _w(bw_ptr, 14) * _ssq(hl5) + _w(bw_ptr, 15) * _ssq(hh5)
+            if LEVELS == 1:
+                en += wll * _ssq(ll1)
+            if LEVELS == 2:
+                en += wll * _ssq(ll2)
+            if LEVELS == 3:
+                en += wll * _ssq(ll3)
+            if LEVELS == 4:
+                en += wll * _ssq(ll4)
+            if LEVELS == 5:
+                en += wll * _ssq(ll5)
+            etile = tl.program_id(1) * tl.num_programs(2) + tl.program_id(2)
+            tl.store(epart_ptr + plane.to(tl.int64) * n_tiles + etile, en)
+        if GO_MODE == 2:
             ge = tl.load(go_ptr + n).to(ACC) * ge_scale
-        else:
+        elif GO_MODE == 1:
             ge = tl.load(go_ptr).to(ACC) * ge_scale
+        else:
+            ge = ge_scale
         if HAS_W:
             ge = ge * tl.load(w_ptr + n).to(ACC)
         g4 = tl.reshape(g4, (2 * BH, 2 * BW)) * (2.0 * ge)
@@ -268,6 +293,22 @@ if backend.HAS_TRITON:
                 total += e
         if not PER_SAMPLE:
             tl.store(out_ptr, total * scale)
+
+    @triton.jit
+    def _wl_rescale_kernel(g_ptr, go_ptr, per_sample, GO_PER_SAMPLE: tl.constexpr, BLOCK: tl.constexpr):
+        """g[n] *= go (go[n] per sample) in place; when go == 1 every access is masked off, so the
+        usual backward (upstream gradient 1) moves no data."""
+        n = tl.program_id(1)
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        zero = tl.zeros([BLOCK], dtype=tl.int32)  # go as a (broadcast) vector: same address per lane
+        if GO_PER_SAMPLE:
+            go = tl.load(go_ptr + n + zero).to(tl.float32)
+        else:
+            go = tl.load(go_ptr + zero).to(tl.float32)
+        m = (offs < per_sample) & (go != 1.0)
+        ptr = g_ptr + n.to(tl.int64) * per_sample + offs
+        x = tl.load(ptr, mask=m, other=0.0).to(tl.float32)
+        tl.store(ptr, (x * go).to(g_ptr.dtype.element_ty), mask=m)
 
 
 def _next_pow2(v: int) -> int:
@@ -338,7 +379,44 @@ def _energy_triton(pred, x_t, x0, sigma, weights, levels):
 
 def _loss_triton(pred, x_t, x0, sigma, weighting, weights, levels, reduction):
     """(loss, E): forward kernel + one finishing kernel (per-sample sums, weighting, reduction)."""
-    part = _partials_triton(pred, x_t, x0, sigma, weights, levels)
+    return _finish_triton(_partials_triton(pred, x_t, x0, sigma, weights, levels), weighting, reduction)
+
+
+def _energy_bwd_triton(grad_e, pred, x_t, x0, sigma, weights, levels, need, weighting=None, ge_scale=1.0,
+                       go_per_sample=True, energy=False):
+    """Gradients (pred, x_t, x0, sigma) for upstream dL/dE = grad_e (None: 1) * ge_scale (* weighting);
+    with energy=True also the (N, C*tiles) energy partials of the forward, as a fifth result."""
+    N, C, H, W = pred.shape
+    acc = _acc_dtype(pred, x_t, x0)
+    bh, bw, th, tw = _tiles(H, W, levels, fixed=pred.device.type != "cpu")
+    bwt = _bw_tensor(weights, pred.device, acc)
+    xt = x_t if x_t is not None else pred
+    gp = torch.empty(pred.shape, dtype=pred.dtype, device=pred.device) if need[0] else None
+    gt = torch.empty(xt.shape, dtype=xt.dtype, device=pred.device) if need[1] and x_t is not None else None
+    g0 = torch.empty(x0.shape, dtype=x0.dtype, device=pred.device) if need[2] else None
+    part = torch.empty((N * C, th * tw), dtype=acc, device=pred.device) if need[3] else None
+    epart = torch.empty((N * C, th * tw), dtype=acc, device=pred.device) if energy else None
+    dummy = pred
+    go_mode = 0 if grad_e is None else (2 if go_per_sample else 1)
+    _wl_bwd_kernel[(N * C, th, tw)](
+        pred, xt, x0, sigma, bwt, grad_e.to(acc).contiguous() if grad_e is not None else bwt,
+        weighting if weighting is not None else bwt, float(ge_scale),
+        gp if gp is not None else dummy, gt if gt is not None else dummy, g0 if g0 is not None else dummy,
+        part if part is not None else bwt, epart if epart is not None else bwt,
+        C, H, W, th * tw,
+        *pred.stride(), *_strides(x_t), *x0.stride(),
+        HAS_XT=x_t is not None, LEVELS=levels, BH=bh, BW=bw, ACC=_tl_acc(acc), UNIT_W=_unit_w(pred, x_t, x0),
+        W_PRED=gp is not None, W_XT=gt is not None, W_X0=g0 is not None, W_SIGMA=part is not None,
+        GO_MODE=go_mode, HAS_W=weighting is not None, W_ENERGY=energy, num_warps=4,
+    )
+    gs = part.view(N, C * th * tw).sum(dim=1) if part is not None else None
+    if energy:
+        return gp, gt, g0, gs, epart.view(N, C * th * tw)
+    return gp, gt, g0, gs
+
+
+def _finish_triton(part, weighting, reduction):
+    """(loss, E) from (N, P) tile partials: one program, fixed order."""
     N, P = part.shape
     e = torch.empty((N,), dtype=part.dtype, device=part.device)
     per_sample = reduction == "none"
@@ -352,31 +430,24 @@ def _loss_triton(pred, x_t, x0, sigma, weighting, weights, levels, reduction):
     return out, e
 
 
-def _energy_bwd_triton(grad_e, pred, x_t, x0, sigma, weights, levels, need, weighting=None, ge_scale=1.0,
-                       go_per_sample=True):
-    N, C, H, W = pred.shape
-    acc = _acc_dtype(pred, x_t, x0)
-    bh, bw, th, tw = _tiles(H, W, levels, fixed=pred.device.type != "cpu")
-    bwt = _bw_tensor(weights, pred.device, acc)
-    xt = x_t if x_t is not None else pred
-    gp = torch.empty(pred.shape, dtype=pred.dtype, device=pred.device) if need[0] else None
-    gt = torch.empty(xt.shape, dtype=xt.dtype, device=pred.device) if need[1] and x_t is not None else None
-    g0 = torch.empty(x0.shape, dtype=x0.dtype, device=pred.device) if need[2] else None
-    part = torch.empty((N * C, th * tw), dtype=acc, device=pred.device) if need[3] else None
-    dummy = pred
-    _wl_bwd_kernel[(N * C, th, tw)](
-        pred, xt, x0, sigma, bwt, grad_e.to(acc).contiguous(), weighting if weighting is not None else bwt,
-        float(ge_scale),
-        gp if gp is not None else dummy, gt if gt is not None else dummy, g0 if g0 is not None else dummy,
-        part if part is not None else bwt,
-        C, H, W, th * tw,
-        *pred.stride(), *_strides(x_t), *x0.stride(),
-        HAS_XT=x_t is not None, LEVELS=levels, BH=bh, BW=bw, ACC=_tl_acc(acc), UNIT_W=_unit_w(pred, x_t, x0),
-        W_PRED=gp is not None, W_XT=gt is not None, W_X0=g0 is not None, W_SIGMA=part is not None,
-        GO_PER_SAMPLE=go_per_sample, HAS_W=weighting is not None, num_warps=4,
-    )
-    gs = part.view(N, C * th * tw).sum(dim=1) if part is not None else None
-    return gp, gt, g0, gs
+def _loss_and_grads_triton(pred, x_t, x0, sigma, weighting, weights, levels, reduction, need):
+    """Forward and gradient in one pass (gradients for an upstream gradient of 1): (loss, E, grads)."""
+    N = pred.shape[0]
+    scale = 1.0 / N if reduction == "mean" else 1.0
+    gp, gt, g0, _, epart = _energy_bwd_triton(None, pred, x_t, x0, sigma, weights, levels, need,
+                                              weighting=weighting, ge_scale=scale, energy=True)
+    loss, e = _finish_triton(epart, weighting, reduction)
+    return loss, e, (gp, gt, g0)
+
+
+def _rescale_(g: torch.Tensor, go: torch.Tensor) -> torch.Tensor:
+    """g *= go in place (go: () or (N,)); no data moves when go == 1."""
+    N = g.shape[0]
+    per = g.numel() // N
+    block = 4096
+    _wl_rescale_kernel[(triton.cdiv(per, block), N)](g, go.to(torch.float32).contiguous(), per,
+                                                    GO_PER_SAMPLE=go.dim() == 1, BLOCK=block, num_warps=4)
+    return g
 
 
 # --------------------------------------------------------------------------------------------
@@ -618,14 +689,27 @@ class _EnergyFn(torch.autograd.Function):
 
 
 class _LossFn(torch.autograd.Function):
-    """Eager path of wavelet_loss / wavelet_mse: on the Triton backend the forward is two launches
-    (tile kernel + finishing kernel) and the backward one (dL/dE_n is formed inside the kernel from
-    the upstream gradient and the weighting)."""
+    """Eager path of wavelet_loss / wavelet_mse.
+
+    Triton backend, gradients wanted (``fused``): ONE pass over the inputs computes the loss
+    partials and the gradients for an upstream gradient of 1 (the loss is quadratic, so the
+    gradient does not depend on the loss value); a finishing kernel forms the loss. The backward
+    only rescales those gradients in place by the upstream gradient, a kernel whose every access is
+    masked off when it is 1 (the usual ``loss.backward()``). Total traffic: the three inputs read
+    once + the gradient written once. The gradient buffers are the gradients themselves (no other
+    memory proportional to the input). A second backward through a retained graph recomputes.
+    Otherwise: forward = tile kernel + finishing kernel, backward = one recomputing kernel."""
 
     @staticmethod
-    def forward(ctx, pred, x_t, x0, sigma, weighting, weights, levels, reduction):
+    def forward(ctx, pred, x_t, x0, sigma, weighting, weights, levels, reduction, fused):
         triton_path = _use_triton(pred)
-        if triton_path:
+        ctx.grads = None
+        if triton_path and fused:
+            ni = ctx.needs_input_grad
+            need = (bool(ni[0]), bool(ni[1]) and x_t is not None, bool(ni[2]), False)
+            loss, e, ctx.grads = _loss_and_grads_triton(pred, x_t, x0, sigma, weighting, weights, levels,
+                                                        reduction, need)
+        elif triton_path:
             loss, e = _loss_triton(pred, x_t, x0, sigma, weighting, weights, levels, reduction)
         else:
             e = _energy_torch(pred, x_t, x0, sigma, weights, levels)
@@ -643,7 +727,10 @@ class _LossFn(torch.autograd.Function):
         scale = 1.0 / N if ctx.reduction == "mean" else 1.0
         per_sample = ctx.reduction == "none"
         gp = gt = g0 = gs = gw = None
-        if any(need):
+        if ctx.grads is not None and not need[3]:
+            gp, gt, g0 = (_rescale_(g, go) if g is not None else None for g in ctx.grads)
+            ctx.grads = None  # handed over; a second backward (retain_graph) recomputes
+        elif any(need):
             if ctx.triton_path:
                 gp, gt, g0, gs = _energy_bwd_triton(go, pred, x_t, x0, sigma, ctx.weights, ctx.levels, need,
                                                     weighting=weighting, ge_scale=scale, go_per_sample=per_sample)
@@ -654,7 +741,7 @@ class _LossFn(torch.autograd.Function):
                 gp, gt, g0, gs = _energy_bwd_torch(ge, pred, x_t, x0, sigma, ctx.weights, ctx.levels, need)
         if ni[4]:
             gw = (go.to(e.dtype) * scale).expand(N) * e
-        return gp, gt, g0, gs, gw, None, None, None
+        return gp, gt, g0, gs, gw, None, None, None, None
 
 
 def _energy(pred, x_t, x0, sigma, weights: List[float], levels: int) -> torch.Tensor:
@@ -683,7 +770,10 @@ def _loss(pred, x_t, x0, sigma, weighting, levels, band_weights, reduction) -> t
     acc = _acc_dtype(pred, x_t, x0)
     s = _per_sample(sigma, "sigmas", N, pred).to(acc).contiguous()
     w = weighting.to(acc).contiguous() if weighting is not None else None
-    return _LossFn.apply(pred, x_t, x0, s, w, weights, levels, reduction)
+    # forward + gradient in one pass when a gradient will be wanted and sigma needs none
+    fused = (torch.is_grad_enabled() and not s.requires_grad
+             and any(t is not None and t.requires_grad for t in (pred, x_t, x0)))
+    return _LossFn.apply(pred, x_t, x0, s, w, weights, levels, reduction, fused)
 
 
 def _check_common(x, name, levels, reduction):
