@@ -8,11 +8,13 @@ The Flux / SD3 training scripts of Diffusion-4K compute, per step (SPEC.md §2):
 
 The Haar DWT is linear, so P - T = DWT(d) with ``d = x_t - sigma * model_pred - x0``. The kernels here
 read ``model_pred``, ``x_t`` and ``x0`` once, form ``d`` in fp32 registers, run ``levels`` Haar levels
-(zero mode) in registers and write one weighted sum of squared coefficients per tile. The per-tile
-partials are summed per sample by ``torch.sum`` over a fixed-size buffer, so the loss is
-deterministic for a given input (no float atomics). The backward recomputes the coefficients,
-scales them by the band weights, runs the inverse transform in registers and writes the gradient of
-each input that needs one, in one pass.
+(zero mode) in registers and write one weighted sum of squared coefficients per tile; a one-program
+finishing kernel sums each sample's partials in a fixed order (deterministic, no float atomics).
+The gradient (band-weighted coefficients through the inverse transform, in registers) is written
+in the same pass when a gradient will be wanted: the loss is quadratic, so the gradient for an
+upstream gradient of 1 does not depend on the loss value, and the backward only rescales it in
+place (moving no data when the upstream gradient is 1). Otherwise (sigma requires grad,
+torch.compile, a second backward) the backward recomputes from the inputs in one pass.
 
 Loss definition (what is averaged)
 ----------------------------------
