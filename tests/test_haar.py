@@ -159,7 +159,7 @@ def test_dtypes_vs_float64(backend_device, seed, dtype):
         rl, rh = ref.dwt2_ref(x.double(), J, mode)
         # one rounding to the dtype (half an ulp: eps is one ulp) plus the fp32 arithmetic
         # of J levels (matters for fp32 only, and for coefficients that nearly cancel)
-        slack = 2.0**-22 * J * x.double().abs().max().item()
+        slack = 2.0**-20 * J * x.double().abs().max().item()
         for a, b in [(yl, rl)] + list(zip(yh, rh)):
             err = (a.double().cpu() - b.cpu()).abs()
             assert (err <= eps * b.cpu().abs() + slack).all(), f"{dtype} {mode}: max err {err.max()}"
