@@ -22,22 +22,27 @@ export D4K_TEST_INTERPRET=0   # CUDA tensors run the compiled kernels
 } | tee "$OUT/device.txt"
 
 # 1. the CUDA tests: every test parametrised on ('triton', 'cuda') plus the cuda-marked ones
-timeout 70 python3 -m pytest -q -x -p no:cacheprovider tests -k "cuda" 2>&1 | tee "$OUT/tests_cuda.log" | tail -n 15
+timeout 60 python3 -m pytest -q -x -p no:cacheprovider tests -k "cuda" 2>&1 | tee "$OUT/tests_cuda.log" | tail -n 15
 tests_rc=${PIPESTATUS[0]}
 
 # 2. the 4K benchmarks, one table per op family (d4k beside its peers), JSON for RESULTS.md
 bench_rc=0
 # per-family time limits (s): the whole script stays under 5 minutes
-declare -A LIMIT=([haar]=35 [wavelet_loss]=35 [upconv]=35 [glcm]=35 [vae]=75)
-for op in haar wavelet_loss upconv glcm vae; do
+declare -A LIMIT=([haar]=30 [wavelet_loss]=30 [upconv]=30 [glcm]=30)
+for op in haar wavelet_loss upconv glcm; do
   timeout "${LIMIT[$op]}" python3 -m d4k_kernels.cli bench --device cuda --op "$op" --json "$OUT/bench_$op.json" \
     > "$OUT/bench_$op.log" 2>&1 || { echo "bench $op failed (rc $?), see bench_$op.log"; bench_rc=1; }
 done
+# VAE decodes take seconds each: one table of time and peak memory (untiled, diffusers tiled, exact tiled,
+# SC-VAE F16, Flux 8192^2) instead of the repeated-timing runner
+timeout 120 python3 -m d4k_kernels.benchmarks.vae --device cuda > "$OUT/vae_memory.log" 2>&1 \
+  || { echo "vae memory table failed (rc $?), see vae_memory.log"; bench_rc=1; }
 
 echo
 echo "=== d4k gpu_check: $(head -n 2 "$OUT/device.txt" | tail -n 1) ==="
 echo "CUDA tests: $(grep -E 'passed|failed|error' "$OUT/tests_cuda.log" | tail -n 1) (rc $tests_rc)"
-for op in haar wavelet_loss upconv glcm vae; do
+for op in haar wavelet_loss upconv glcm; do
   sed -n '/^summary/,$p' "$OUT/bench_$op.log" 2>/dev/null | grep -v '^summary' || true
 done
+tail -n 12 "$OUT/vae_memory.log" 2>/dev/null || true
 exit $(( tests_rc || bench_rc ))

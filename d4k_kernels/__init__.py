@@ -32,6 +32,12 @@ _EXPORTS = {
     # decoder tail kernels (ops/upconv.py, ops/groupnorm.py)
     "upconv_tail": "d4k_kernels.ops.upconv",
     "group_norm_stats": "d4k_kernels.ops.groupnorm",
+    # SC-VAE and exact tiled decoding (vae/, integrations/)
+    "SCAutoencoderKL": "d4k_kernels.vae",
+    "tiled_decode": "d4k_kernels.vae",
+    "enable_exact_tiling": "d4k_kernels.integrations.diffusers",
+    "disable_exact_tiling": "d4k_kernels.integrations.diffusers",
+    "load_vae": "d4k_kernels.integrations.diffusers",
 }
 
 __all__ = sorted(_EXPORTS) + ["backend", "__version__"]
