@@ -20,15 +20,23 @@ float64 inputs) by :func:`fold_weights`.
 
 The Triton kernel: one program owns a strip of ROWS low-res rows x BW columns of one sample and BN of the
 4*Cout folded output channels. It walks the input rows of its strip top to bottom (plus the halo row
-above and, plain tail, below); for each input row and block of BC channels it loads the D column-shifted
-[BW, BC] tiles, applies GroupNorm (precomputed per-channel scale / shift) and SiLU in fp32, zeroes what
-lies outside the image (the conv's zero padding is on the activated tensor), and adds
-``tl.dot(tile, folded_weight[dy, dx])`` into D loop-carried [BW, BN] accumulators, one per output row the
-input row feeds; when an output row is complete it adds the bias and stores it straight into its
-(2 rows x 2 columns) positions of y. Each input element is activated D times (not D*D), nothing of the
-size of u is ever materialised, accumulation is fp32. For bf16/fp16 inputs the dot operands are in the
-input dtype (activations rounded once, as torch's bf16 tail does); for fp32 inputs the dot runs in
-full fp32 (``input_precision="ieee"``, no TF32). Any strides (non-contiguous x is read in place).
+above and, plain tail, below); for each input row and block of BC channels it loads [BW, BC] tiles,
+applies GroupNorm (precomputed per-channel scale / shift) and SiLU in fp32, zeroes what lies outside the
+image (the conv's zero padding is on the activated tensor), and ``tl.dot``s them with the folded weights
+into D loop-carried accumulators, one per output row the input row feeds; when an output row is complete
+it adds the bias and stores it straight into its (2 rows x 2 columns) positions of y. Nothing of the size
+of u is ever materialised; accumulation is fp32. Two variants, picked by the autotuner on a GPU:
+
+* ``SHIFT=False``: the D column-shifted tiles are loaded and activated separately (every input element is
+  activated D times), one [BW, BN] accumulator per pending output row;
+* ``SHIFT=True``: every element is activated once; one dot per (channel block, dy) computes the D column
+  offsets side by side ([BW, DP*BN]); a finished row's partial sums go through a per-program fp32 scratch
+  slot and are read back shifted by dx and summed (BW - (D-1) output columns per program).
+
+For bf16/fp16 inputs the dot operands are in the input dtype (activations rounded once, as torch's bf16
+tail does); for fp32 inputs the dot runs in full fp32 (``input_precision="ieee"``, no TF32). Any strides
+(non-contiguous x is read in place). 64-bit scalar bases; per-element offsets are int32 unless an in-tile
+offset could reach 2^31 (then the INT64 variant).
 
 Tiles (exact tiled decoding): everything outside ``x`` is treated as zero ACTIVATION, i.e. as the image
 border. For a halo tile ``x[..., h0:h1, w0:w1]`` of the whole low-res tensor whose core is rows
