@@ -56,9 +56,11 @@ def test_released_formula_float64(backend_device, seed, shape):
     # the script casts to float32 (.float()) before squaring: float32 rounding
     _close(out, ref, 1e-6, what="loss")
     _close(out, wavelet_loss_f64(p, xt, x0, sig, w), 1e-12, what="loss vs float64 reference")
-    for g, gr, n in zip(_grads(out, [p, xt, x0]), gref, ("model_pred", "x_t", "x0")):
+    g64 = _grads(wavelet_loss_f64(p, xt, x0, sig, w), [p, xt, x0])
+    for g, gr, g2, n in zip(_grads(out, [p, xt, x0]), gref, g64, ("model_pred", "x_t", "x0")):
         assert g.dtype == torch.float64
         _close(g, gr, 1e-6, what=f"grad {n}")
+        _close(g, g2, 1e-12, what=f"grad {n} vs float64 reference")  # float64 end to end
 
 
 @pytest.mark.parametrize("shape", [(2, 4, 16, 10), (2, 3, 9, 7)])
@@ -460,19 +462,19 @@ FP32 = ("sigma_ptr", "bw_ptr", "part_ptr", "go_ptr", "w_ptr", "epart_ptr")
 DIV16 = ("H", "W", "sp_n", "sp_c", "sp_h", "st_n", "st_c", "st_h", "s0_n", "s0_c", "s0_h")
 jobs = [(wl._wl_fwd_kernel, 1, True, {}), (wl._wl_fwd_kernel, 5, False, {}),
         (wl._wl_bwd_kernel, 1, True, dict(W_PRED=True, W_XT=False, W_X0=False, W_SIGMA=False,
-                                          GO_MODE=0, HAS_W=True, W_ENERGY=True)),   # fused fwd + grad
+                                          GO_MODE=0, HAS_W=True, W_ENERGY=True, MEAN=True)),  # fused fwd + grad
         (wl._wl_bwd_kernel, 5, True, dict(W_PRED=True, W_XT=True, W_X0=False, W_SIGMA=False,
-                                          GO_MODE=0, HAS_W=True, W_ENERGY=True)),
+                                          GO_MODE=0, HAS_W=True, W_ENERGY=True, MEAN=False)),
         (wl._wl_bwd_kernel, 3, True, dict(W_PRED=True, W_XT=True, W_X0=True, W_SIGMA=True,
-                                          GO_MODE=2, HAS_W=False, W_ENERGY=False)),  # recomputing bwd
+                                          GO_MODE=2, HAS_W=False, W_ENERGY=False, MEAN=False)),  # recomputing bwd
         (wl._wl_bwd_kernel, 1, False, dict(W_PRED=True, W_XT=False, W_X0=False, W_SIGMA=False,
-                                           GO_MODE=1, HAS_W=True, W_ENERGY=False))]
+                                           GO_MODE=1, HAS_W=True, W_ENERGY=False, MEAN=True))]
 for kern, levels, unit, flags in jobs:
     names = kern.arg_names
     bh, bw, _, _ = wl._tiles(4096, 4096, levels)
     const = dict(HAS_XT=True, LEVELS=levels, BH=bh, BW=bw, ACC=tl.float32, UNIT_W=unit, **flags)
     sig = {n: "constexpr" if n in const else (("*fp32" if n in FP32 else "*bf16") if n.endswith("_ptr")
-                                              else ("fp32" if n == "ge_scale" else "i32"))
+                                              else "i32")
            for n in names}
     consts = {(names.index(n),): v for n, v in const.items()}
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names if n.endswith("_ptr") or n in DIV16}
@@ -483,18 +485,18 @@ for kern, levels, unit, flags in jobs:
         assert re.search(r"ld\.global(\.\w+)*\.v4", ptx), (levels, flags)
 fin = wl._wl_finish_kernel
 for per_sample in (False, True):
-    const = dict(HAS_W=True, PER_SAMPLE=per_sample, BLOCK=1024, ACC=tl.float32)
+    const = dict(HAS_W=True, PER_SAMPLE=per_sample, MEAN=not per_sample, BLOCK=1024, ACC=tl.float32)
     names = fin.arg_names
-    sig = {n: "constexpr" if n in const else ("*fp32" if n.endswith("_ptr") else ("fp32" if n == "scale" else "i32"))
-           for n in names}
+    sig = {n: "constexpr" if n in const else ("*fp32" if n.endswith("_ptr") else "i32") for n in names}
     consts = {(names.index(n),): v for n, v in const.items()}
     triton.compile(ASTSource(fn=fin, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
                    options={"num_warps": 4})
 resc = wl._wl_rescale_kernel
 for per_sample in (False, True):
     names = resc.arg_names
-    const = dict(GO_PER_SAMPLE=per_sample, BLOCK=4096)
-    sig = {"g_ptr": "*bf16", "go_ptr": "*fp32", "per_sample": "i32", "GO_PER_SAMPLE": "constexpr", "BLOCK": "constexpr"}
+    const = dict(GO_PER_SAMPLE=per_sample, BLOCK=4096, ACC=tl.float32)
+    sig = {"g_ptr": "*bf16", "go_ptr": "*fp32", "per_sample": "i32", "GO_PER_SAMPLE": "constexpr", "BLOCK": "constexpr",
+           "ACC": "constexpr"}
     consts = {(names.index(n),): v for n, v in const.items()}
     triton.compile(ASTSource(fn=resc, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
                    options={"num_warps": 4})

@@ -172,17 +172,18 @@ if backend.HAS_TRITON:
         tl.store(part_ptr + plane.to(tl.int64) * n_tiles + tile, acc)
 
     @triton.jit
-    def _wl_bwd_kernel(pred_ptr, xt_ptr, x0_ptr, sigma_ptr, bw_ptr, go_ptr, w_ptr, ge_scale,
+    def _wl_bwd_kernel(pred_ptr, xt_ptr, x0_ptr, sigma_ptr, bw_ptr, go_ptr, w_ptr, n_batch,
                        gp_ptr, gt_ptr, g0_ptr, part_ptr, epart_ptr,
                        C, H, W, n_tiles,
                        sp_n, sp_c, sp_h, sp_w, st_n, st_c, st_h, st_w, s0_n, s0_c, s0_h, s0_w,
                        HAS_XT: tl.constexpr, LEVELS: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
                        ACC: tl.constexpr, UNIT_W: tl.constexpr, W_PRED: tl.constexpr, W_XT: tl.constexpr,
                        W_X0: tl.constexpr, W_SIGMA: tl.constexpr, GO_MODE: tl.constexpr,
-                       HAS_W: tl.constexpr, W_ENERGY: tl.constexpr):
+                       HAS_W: tl.constexpr, W_ENERGY: tl.constexpr, MEAN: tl.constexpr):
         """g = 2 * dL/dE_n * W^T diag(w) W d; grad pred = -sigma g, grad x_t = g, grad x0 = -g,
         per-tile partials of grad sigma = sum(-pred * g). Gradients are written contiguous.
-        dL/dE_n = go * ge_scale (* weighting[n] when HAS_W), go = 1 (GO_MODE 0), go[0] (1) or go[n] (2).
+        dL/dE_n = go (/ n_batch when MEAN) (* weighting[n] when HAS_W), go = 1 (GO_MODE 0), go[0] (1)
+        or go[n] (2).
         W_ENERGY: also write the forward's per-tile energy partials (forward and gradient in one pass)."""
         plane = tl.program_id(0)
         n = (plane // C).to(tl.int64)
@@ -248,11 +249,13 @@ if backend.HAS_TRITON:
             etile = tl.program_id(1) * tl.num_programs(2) + tl.program_id(2)
             tl.store(epart_ptr + plane.to(tl.int64) * n_tiles + etile, en)
         if GO_MODE == 2:
-            ge = tl.load(go_ptr + n).to(ACC) * ge_scale
+            ge = tl.load(go_ptr + n).to(ACC)
         elif GO_MODE == 1:
-            ge = tl.load(go_ptr).to(ACC) * ge_scale
+            ge = tl.load(go_ptr).to(ACC)
         else:
-            ge = ge_scale
+            ge = tl.full((), 1.0, ACC)
+        if MEAN:
+            ge = ge / n_batch
         if HAS_W:
             ge = ge * tl.load(w_ptr + n).to(ACC)
         g4 = tl.reshape(g4, (2 * BH, 2 * BW)) * (2.0 * ge)
@@ -273,10 +276,11 @@ if backend.HAS_TRITON:
 if backend.HAS_TRITON:
 
     @triton.jit
-    def _wl_finish_kernel(part_ptr, w_ptr, e_ptr, out_ptr, N, P, scale,
-                          HAS_W: tl.constexpr, PER_SAMPLE: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
+    def _wl_finish_kernel(part_ptr, w_ptr, e_ptr, out_ptr, N, P,
+                          HAS_W: tl.constexpr, PER_SAMPLE: tl.constexpr, MEAN: tl.constexpr, BLOCK: tl.constexpr,
+                          ACC: tl.constexpr):
         """One program: e[n] = sum of sample n's tile partials (fixed order), loss_n = w[n] * e[n];
-        out = loss_n (PER_SAMPLE) or scale * sum_n loss_n."""
+        out = loss_n (PER_SAMPLE) or sum_n loss_n (/ N when MEAN)."""
         offs = tl.arange(0, BLOCK)
         total = tl.sum(tl.zeros([BLOCK], ACC), axis=0)
         for n in range(0, N):
@@ -294,22 +298,25 @@ if backend.HAS_TRITON:
             else:
                 total += e
         if not PER_SAMPLE:
-            tl.store(out_ptr, total * scale)
+            if MEAN:
+                total = total / N
+            tl.store(out_ptr, total)
 
     @triton.jit
-    def _wl_rescale_kernel(g_ptr, go_ptr, per_sample, GO_PER_SAMPLE: tl.constexpr, BLOCK: tl.constexpr):
+    def _wl_rescale_kernel(g_ptr, go_ptr, per_sample, GO_PER_SAMPLE: tl.constexpr, BLOCK: tl.constexpr,
+                           ACC: tl.constexpr):
         """g[n] *= go (go[n] per sample) in place; when go == 1 every access is masked off, so the
         usual backward (upstream gradient 1) moves no data."""
         n = tl.program_id(1)
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         zero = tl.zeros([BLOCK], dtype=tl.int32)  # go as a (broadcast) vector: same address per lane
         if GO_PER_SAMPLE:
-            go = tl.load(go_ptr + n + zero).to(tl.float32)
+            go = tl.load(go_ptr + n + zero).to(ACC)
         else:
-            go = tl.load(go_ptr + zero).to(tl.float32)
+            go = tl.load(go_ptr + zero).to(ACC)
         m = (offs < per_sample) & (go != 1.0)
         ptr = g_ptr + n.to(tl.int64) * per_sample + offs
-        x = tl.load(ptr, mask=m, other=0.0).to(tl.float32)
+        x = tl.load(ptr, mask=m, other=0.0).to(ACC)
         tl.store(ptr, (x * go).to(g_ptr.dtype.element_ty), mask=m)
 
 
@@ -384,9 +391,9 @@ def _loss_triton(pred, x_t, x0, sigma, weighting, weights, levels, reduction):
     return _finish_triton(_partials_triton(pred, x_t, x0, sigma, weights, levels), weighting, reduction)
 
 
-def _energy_bwd_triton(grad_e, pred, x_t, x0, sigma, weights, levels, need, weighting=None, ge_scale=1.0,
+def _energy_bwd_triton(grad_e, pred, x_t, x0, sigma, weights, levels, need, weighting=None, mean=False,
                        go_per_sample=True, energy=False):
-    """Gradients (pred, x_t, x0, sigma) for upstream dL/dE = grad_e (None: 1) * ge_scale (* weighting);
+    """Gradients (pred, x_t, x0, sigma) for upstream dL/dE = grad_e (None: 1) (/ N if mean) (* weighting);
     with energy=True also the (N, C*tiles) energy partials of the forward, as a fifth result."""
     N, C, H, W = pred.shape
     acc = _acc_dtype(pred, x_t, x0)
@@ -402,14 +409,14 @@ def _energy_bwd_triton(grad_e, pred, x_t, x0, sigma, weights, levels, need, weig
     go_mode = 0 if grad_e is None else (2 if go_per_sample else 1)
     _wl_bwd_kernel[(N * C, th, tw)](
         pred, xt, x0, sigma, bwt, grad_e.to(acc).contiguous() if grad_e is not None else bwt,
-        weighting if weighting is not None else bwt, float(ge_scale),
+        weighting if weighting is not None else bwt, N,
         gp if gp is not None else dummy, gt if gt is not None else dummy, g0 if g0 is not None else dummy,
         part if part is not None else bwt, epart if epart is not None else bwt,
         C, H, W, th * tw,
         *pred.stride(), *_strides(x_t), *x0.stride(),
         HAS_XT=x_t is not None, LEVELS=levels, BH=bh, BW=bw, ACC=_tl_acc(acc), UNIT_W=_unit_w(pred, x_t, x0),
         W_PRED=gp is not None, W_XT=gt is not None, W_X0=g0 is not None, W_SIGMA=part is not None,
-        GO_MODE=go_mode, HAS_W=weighting is not None, W_ENERGY=energy, num_warps=4,
+        GO_MODE=go_mode, HAS_W=weighting is not None, W_ENERGY=energy, MEAN=mean, num_warps=4,
     )
     gs = part.view(N, C * th * tw).sum(dim=1) if part is not None else None
     if energy:
@@ -425,8 +432,7 @@ def _finish_triton(part, weighting, reduction):
     out = torch.empty((N,) if per_sample else (), dtype=part.dtype, device=part.device)
     _wl_finish_kernel[(1,)](
         part, weighting if weighting is not None else part, e, out, N, P,
-        1.0 / N if reduction == "mean" else 1.0,
-        HAS_W=weighting is not None, PER_SAMPLE=per_sample, BLOCK=min(1024, _next_pow2(P)),
+        HAS_W=weighting is not None, PER_SAMPLE=per_sample, MEAN=reduction == "mean", BLOCK=min(1024, _next_pow2(P)),
         ACC=_tl_acc(part.dtype), num_warps=4,
     )
     return out, e
@@ -435,9 +441,8 @@ def _finish_triton(part, weighting, reduction):
 def _loss_and_grads_triton(pred, x_t, x0, sigma, weighting, weights, levels, reduction, need):
     """Forward and gradient in one pass (gradients for an upstream gradient of 1): (loss, E, grads)."""
     N = pred.shape[0]
-    scale = 1.0 / N if reduction == "mean" else 1.0
     gp, gt, g0, _, epart = _energy_bwd_triton(None, pred, x_t, x0, sigma, weights, levels, need,
-                                              weighting=weighting, ge_scale=scale, energy=True)
+                                              weighting=weighting, mean=reduction == "mean", energy=True)
     loss, e = _finish_triton(epart, weighting, reduction)
     return loss, e, (gp, gt, g0)
 
@@ -447,8 +452,9 @@ def _rescale_(g: torch.Tensor, go: torch.Tensor) -> torch.Tensor:
     N = g.shape[0]
     per = g.numel() // N
     block = 4096
-    _wl_rescale_kernel[(triton.cdiv(per, block), N)](g, go.to(torch.float32).contiguous(), per,
-                                                    GO_PER_SAMPLE=go.dim() == 1, BLOCK=block, num_warps=4)
+    acc = torch.float64 if g.dtype == torch.float64 else torch.float32
+    _wl_rescale_kernel[(triton.cdiv(per, block), N)](g, go.to(acc).contiguous(), per, GO_PER_SAMPLE=go.dim() == 1,
+                                                    BLOCK=block, ACC=_tl_acc(acc), num_warps=4)
     return g
 
 
@@ -735,7 +741,8 @@ class _LossFn(torch.autograd.Function):
         elif any(need):
             if ctx.triton_path:
                 gp, gt, g0, gs = _energy_bwd_triton(go, pred, x_t, x0, sigma, ctx.weights, ctx.levels, need,
-                                                    weighting=weighting, ge_scale=scale, go_per_sample=per_sample)
+                                                    weighting=weighting, mean=ctx.reduction == "mean",
+                                                    go_per_sample=per_sample)
             else:
                 ge = (go.to(e.dtype) * scale).expand(N)
                 if weighting is not None:
