@@ -80,8 +80,21 @@ def _check_affine(x, weight, bias, wname="weight", bname="bias"):
             raise ValueError(f"{n} is on {t.device} but x is on {x.device}")
 
 
-def _needs_grad(*ts) -> bool:
-    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in ts)
+_WARNED = set()
+
+
+def _needs_grad(*ts, op: str = "") -> bool:
+    """True when autograd must see the op (grad mode on and an input requires grad). On CUDA that means the
+    slower torch path instead of the fused kernel: warn once, since it is usually a forgotten no_grad()."""
+    need = torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in ts)
+    if need and op and op not in _WARNED and any(isinstance(t, torch.Tensor) and t.is_cuda for t in ts):
+        _WARNED.add(op)
+        import warnings
+
+        warnings.warn(f"{op}: an input requires grad with grad mode on, so the differentiable torch path runs "
+                      "instead of the fused kernel (slower, more memory); decode under torch.no_grad() or "
+                      "torch.inference_mode() to use the kernel", stacklevel=3)
+    return need
 
 
 def channel_scale_shift(mean, rstd, weight, bias, num_groups, C, dtype=torch.float32):
@@ -408,6 +421,6 @@ def group_norm_apply(
     _check_affine(x, weight, bias)
     if not isinstance(silu, bool):
         raise TypeError(f"silu must be a bool, got {silu!r}")
-    if _needs_grad(x, mean, rstd, weight, bias):
+    if _needs_grad(x, mean, rstd, weight, bias, op="group_norm_apply"):
         return _apply_torch(x, mean, rstd, weight, bias, num_groups, silu)
     return _apply_op(x, mean, rstd, weight, bias, num_groups, silu)

@@ -532,6 +532,6 @@ def upconv_tail(
     N, _, H, W = x.shape
     if N == 0 or H == 0 or W == 0:
         return torch.empty((N, conv_weight.shape[0], 2 * H, 2 * W), dtype=x.dtype, device=x.device)
-    if _needs_grad(x, mean, rstd, gn_weight, gn_bias, conv_weight, conv_bias):
+    if _needs_grad(x, mean, rstd, gn_weight, gn_bias, conv_weight, conv_bias, op="upconv_tail"):
         return _upconv_torch(x, mean, rstd, gn_weight, gn_bias, conv_weight, conv_bias, num_groups, partitioned)
     return _upconv_op(x, mean, rstd, gn_weight, gn_bias, conv_weight, conv_bias, num_groups, partitioned)
