@@ -16,7 +16,9 @@ written to a buffer (no atomics: deterministic) and reduced on the host in float
 ``sum = sum_b n_b * mean_b`` and ``sumsq = sum_b (M2_b + n_b * mean_b^2)``. The remaining cancellation
 (``sumsq / n - mean^2`` in :func:`group_norm_finalize`) happens in float64, so the variance keeps about
 16 - 2*log10(|mean| / std) significant digits: ~8 digits even at a mean 10^4 times the std.
-The torch path (CPU, or float64 inputs) is a two-pass float64 computation (mean, then centred M2).
+Contiguous groups are read as one run (1-D blocks); strided views (tile cores of a larger tensor) in
+[rows, columns] blocks, without per-element index division.
+The torch path (CPU, or float64 inputs) is two-pass: float64 sum, then the centred second moment.
 
 Dispatch: :func:`d4k_kernels.backend.select` - CUDA tensors run the Triton kernels, CPU tensors the torch
 path (or the Triton kernels under the interpreter). float64 inputs always take the torch path.
@@ -237,6 +239,8 @@ def _stats_triton(x: torch.Tensor, num_groups: int) -> torch.Tensor:
     per_group = max(1, min(triton.cdiv(gsize, BLOCK), triton.cdiv(target, N * num_groups)))
     iters = triton.cdiv(triton.cdiv(gsize, BLOCK), per_group)
     per_group = triton.cdiv(gsize, iters * BLOCK)
+    if N * num_groups > 65535:
+        raise ValueError(f"group_norm_stats: N*num_groups = {N * num_groups} exceeds the Triton grid limit 65535")
     sn, sc, sh, sw = x.stride()
     contig = (sw == 1 or W == 1) and (sh == W or H == 1) and (sc == HW or cg == 1)
     if contig:  # the group is one contiguous run: 1-D blocks
