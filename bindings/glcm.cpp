@@ -5,7 +5,11 @@
 
 #include "glcm.h"
 
-TORCH_LIBRARY(d4k_glcm, m) {
+#ifndef D4K_GLCM_NS  // a build with other flags (tests of the portable paths) registers elsewhere
+#define D4K_GLCM_NS d4k_glcm
+#endif
+
+TORCH_LIBRARY(D4K_GLCM_NS, m) {
   m.def("glcm_counts(Tensor g, int patch, Tensor offsets, int levels, int qdiv) -> Tensor", &d4k::glcm_counts);
   m.def(
       "glcm_scores(Tensor g, int patch, Tensor offsets, Tensor mult, Tensor keytab, Tensor flog, int levels, "

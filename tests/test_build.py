@@ -1,5 +1,6 @@
 """The compiled-extension loader (d4k_kernels._build): source lookup (repo and wheel layouts), the
 build cache, D4K_NO_EXT, and the warning/fallback path when a build fails."""
+import platform
 import sys
 import warnings
 
@@ -105,3 +106,28 @@ def test_glcm_extension_is_built_once_and_cached(monkeypatch):
     g = torch.tensor([[[0, 1], [1, 1]]], dtype=torch.uint8)
     c = mod2.glcm_counts(g, 2, torch.tensor([[0, 1]], dtype=torch.int32), 2, 1)
     assert c.tolist() == [[[[0, 1], [0, 1]]]]
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 flags")
+def test_glcm_portable_build_matches(monkeypatch, seed):
+    """The C++ kernel built without AVX2/AVX-512 (the portable scan) gives the same scores."""
+    import numpy as np
+
+    from d4k_kernels.ops import glcm as G
+
+    monkeypatch.delenv("D4K_NO_EXT", raising=False)
+    try:
+        lib = _build.load_extension(
+            "glcm_portable", ["csrc/glcm.cpp", "bindings/glcm.cpp"], ops_namespace="d4k_glcm_portable",
+            extra_cflags=["-mno-avx2", "-mno-avx512f", "-DD4K_GLCM_NS=d4k_glcm_portable"], required=True)
+    except _build.ExtensionError as e:
+        pytest.skip(f"no working compiler here: {e}")
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 256, (2, 128, 128)).astype(np.uint8)
+    img[1] = (np.add.outer(np.arange(128), np.arange(128)) // 9).astype(np.uint8)  # smooth: counts >= 4
+    g = torch.from_numpy(img)
+    plan = G._plan(64, tuple(G.offsets_of(G.PAPER_DISTANCES, G.PAPER_ANGLES)), 64)
+    kt, mult, flog, offs = G._device_tables(plan, torch.device("cpu"))
+    got = lib.glcm_scores(g, 64, offs, mult, kt, flog, 64, 4, plan.nkeys)
+    ref = G._torch_scores(g, plan, 4).reshape(-1)
+    assert torch.allclose(got, ref, rtol=0, atol=1e-12)
