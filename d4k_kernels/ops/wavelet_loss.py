@@ -506,9 +506,7 @@ def _uniform(weights) -> bool:
     return all(w == weights[0] for w in weights)
 
 
-def _energy_torch(pred, x_t, x0, sigma, weights, levels):
-    acc = _acc_dtype(pred, x_t, x0)
-    d = _diff_torch(pred, x_t, x0, sigma, acc)
+def _energy_of_d(d, weights, levels):
     if _uniform(weights):
         # equal weights: the zero-mode Haar pyramid is orthonormal and the padding is zero, so the
         # coefficient energy is the energy of d (Parseval); skip the transform on the CPU path
@@ -521,29 +519,66 @@ def _energy_torch(pred, x_t, x0, sigma, weights, levels):
     return e
 
 
-def _energy_bwd_torch(grad_e, pred, x_t, x0, sigma, weights, levels, need):
-    acc = _acc_dtype(pred, x_t, x0)
-    N, C, H, W = pred.shape
-    d = _diff_torch(pred, x_t, x0, sigma, acc)
-    scale = 2.0 * grad_e.to(acc).view(-1, 1, 1, 1)
-    s = sigma.to(acc).view(-1, 1, 1, 1)
+def _energy_and_adjoint(d, weights, levels, want_energy):
+    """(E or None, W^T diag(w) W d cropped to d's size)."""
     if _uniform(weights):
         # W^T (w I) W = w I (orthonormal pyramid, zero padding cropped away): no transform needed
-        if need == (True, False, False, False):
-            return (d * (-weights[0] * scale * s)).to(pred.dtype), None, None, None
-        g = d * (weights[0] * scale)
-    else:
-        ll, coeffs = _bands_torch(d, weights, levels)
-        g = ll * weights[0]
-        for j in reversed(range(levels)):
-            lh, hl, hh = coeffs[j]
-            g = _ihaar_torch(g, lh * weights[1 + 3 * j], hl * weights[2 + 3 * j], hh * weights[3 + 3 * j])
-        g = g[:, :, :H, :W] * scale
+        e = _energy_of_d(d, weights, levels) if want_energy else None
+        return e, d * weights[0]
+    H, W = d.shape[-2:]
+    ll, coeffs = _bands_torch(d, weights, levels)
+    e = None
+    if want_energy:
+        e = weights[0] * ll.square().sum(dim=(1, 2, 3))
+        for j, bands in enumerate(coeffs):
+            for k, band in enumerate(bands):
+                e = e + weights[1 + 3 * j + k] * band.square().sum(dim=(1, 2, 3))
+    g = ll * weights[0]
+    for j in reversed(range(levels)):
+        lh, hl, hh = coeffs[j]
+        g = _ihaar_torch(g, lh * weights[1 + 3 * j], hl * weights[2 + 3 * j], hh * weights[3 + 3 * j])
+    return e, g[:, :, :H, :W]
+
+
+def _energy_torch(pred, x_t, x0, sigma, weights, levels):
+    acc = _acc_dtype(pred, x_t, x0)
+    return _energy_of_d(_diff_torch(pred, x_t, x0, sigma, acc), weights, levels)
+
+
+def _grads_from(g, pred, x_t, x0, sigma, need, acc):
+    s = sigma.to(acc).view(-1, 1, 1, 1)
     gp = (-s * g).to(pred.dtype) if need[0] else None
     gt = g.to(x_t.dtype) if (need[1] and x_t is not None) else None
     g0 = (-g).to(x0.dtype) if need[2] else None
     gs = (-(pred.to(acc) * g)).sum(dim=(1, 2, 3)) if need[3] else None
     return gp, gt, g0, gs
+
+
+def _energy_bwd_torch(grad_e, pred, x_t, x0, sigma, weights, levels, need):
+    acc = _acc_dtype(pred, x_t, x0)
+    d = _diff_torch(pred, x_t, x0, sigma, acc)
+    _, g = _energy_and_adjoint(d, weights, levels, False)
+    g = g * (2.0 * grad_e.to(acc).view(-1, 1, 1, 1))
+    return _grads_from(g, pred, x_t, x0, sigma, need, acc)
+
+
+def _loss_and_grads_torch(pred, x_t, x0, sigma, weighting, weights, levels, reduction, need):
+    """CPU path of the fused forward: d once, energy and gradient (for upstream gradient 1)."""
+    acc = _acc_dtype(pred, x_t, x0)
+    N = pred.shape[0]
+    d = _diff_torch(pred, x_t, x0, sigma, acc)
+    e, g = _energy_and_adjoint(d, weights, levels, True)
+    ge = torch.full((N,), 2.0 / N if reduction == "mean" else 2.0, dtype=acc, device=d.device)
+    if weighting is not None:
+        ge = ge * weighting.to(acc)
+    gp, gt, g0, _ = _grads_from(g * ge.view(-1, 1, 1, 1), pred, x_t, x0, sigma, need, acc)
+    return _finish(e, weighting, reduction), e, (gp, gt, g0)
+
+
+def _rescale_torch_(g: torch.Tensor, go: torch.Tensor) -> torch.Tensor:
+    if go.dim() == 0 and go.device.type == "cpu" and go.item() == 1.0:
+        return g
+    return g.mul_(go.to(g.dtype).view(-1, *([1] * (g.dim() - 1))) if go.dim() else go.to(g.dtype))
 
 
 # --------------------------------------------------------------------------------------------
@@ -719,6 +754,11 @@ class _LossFn(torch.autograd.Function):
                                                         reduction, need)
         elif triton_path:
             loss, e = _loss_triton(pred, x_t, x0, sigma, weighting, weights, levels, reduction)
+        elif fused:
+            ni = ctx.needs_input_grad
+            need = (bool(ni[0]), bool(ni[1]) and x_t is not None, bool(ni[2]), False)
+            loss, e, ctx.grads = _loss_and_grads_torch(pred, x_t, x0, sigma, weighting, weights, levels,
+                                                       reduction, need)
         else:
             e = _energy_torch(pred, x_t, x0, sigma, weights, levels)
             loss = _finish(e, weighting, reduction)
@@ -736,7 +776,8 @@ class _LossFn(torch.autograd.Function):
         per_sample = ctx.reduction == "none"
         gp = gt = g0 = gs = gw = None
         if ctx.grads is not None and not need[3]:
-            gp, gt, g0 = (_rescale_(g, go) if g is not None else None for g in ctx.grads)
+            rescale = _rescale_ if ctx.triton_path else _rescale_torch_
+            gp, gt, g0 = (rescale(g, go) if g is not None else None for g in ctx.grads)
             ctx.grads = None  # handed over; a second backward (retain_graph) recomputes
         elif any(need):
             if ctx.triton_path:
