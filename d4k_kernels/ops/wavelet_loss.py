@@ -308,7 +308,7 @@ if backend.HAS_TRITON:
         """g[n] *= go (go[n] per sample) in place; when go == 1 every access is masked off, so the
         usual backward (upstream gradient 1) moves no data."""
         n = tl.program_id(1)
-        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         zero = tl.zeros([BLOCK], dtype=tl.int32)  # go as a (broadcast) vector: same address per lane
         if GO_PER_SAMPLE:
             go = tl.load(go_ptr + n + zero).to(ACC)
@@ -440,7 +440,6 @@ def _finish_triton(part, weighting, reduction):
 
 def _loss_and_grads_triton(pred, x_t, x0, sigma, weighting, weights, levels, reduction, need):
     """Forward and gradient in one pass (gradients for an upstream gradient of 1): (loss, E, grads)."""
-    N = pred.shape[0]
     gp, gt, g0, _, epart = _energy_bwd_triton(None, pred, x_t, x0, sigma, weights, levels, need,
                                               weighting=weighting, mean=reduction == "mean", energy=True)
     loss, e = _finish_triton(epart, weighting, reduction)
