@@ -194,23 +194,24 @@ def _torch_counts(g: torch.Tensor, plan: _Plan, qdiv: int) -> torch.Tensor:
 def _entropy_from_counts(cnt: torch.Tensor, plan: _Plan, tables) -> torch.Tensor:
     """cnt: (B, U, L*L) integer counts of distinct offsets -> (B,) float64 distinct-value entropy.
 
-    Histogram of counts per (patch, offset); its non-empty bins map to the id of the reduced fraction
-    c/N_u and are merged per patch by that id (times the offset's slice multiplicity)."""
+    Each cell's count c of offset u maps to the id of the reduced fraction c/N_u (a table gather);
+    one weighted bincount over (patch, id) gives the multiplicity of every merged value."""
     keytab, mult, flog, _ = tables
-    b, U, _ = cnt.shape
+    b, U, LL = cnt.shape
     K = plan.nkeys
-    width = keytab.shape[1]
     dev = cnt.device
-    code = (torch.arange(b * U, device=dev).view(b, U, 1) * width + cnt).reshape(-1)
-    hist = torch.bincount(code, minlength=b * U * width).view(b, U, width)
-    bi, ui, ci = hist.nonzero(as_tuple=True)
-    w = hist[bi, ui, ci] * mult.long()[ui]
-    key = keytab.long()[ui, ci] + bi * K
-    uniq, inv = torch.unique(key, return_inverse=True)
-    n = torch.zeros(uniq.shape[0], dtype=torch.int64, device=dev).scatter_add_(0, inv, w)
-    s = torch.zeros(b, dtype=torch.float64, device=dev).scatter_add_(0, uniq // K, flog[n])
+    keys = torch.gather(_keytab_long(plan, dev).unsqueeze(0).expand(b, -1, -1), 2, cnt)        # (B, U, LL)
+    keys += (torch.arange(b, device=dev) * K).view(b, 1, 1)
+    w = mult.to(torch.float64).view(1, U, 1).expand(b, U, LL)
+    n = torch.bincount(keys.reshape(-1), weights=w.reshape(-1), minlength=b * K)          # exact integers
+    s = flog[n.to(torch.int64)].view(b, K).sum(1)
     T = plan.cells
     return math.log2(T) - s / T
+
+
+@functools.lru_cache(maxsize=64)
+def _keytab_long(plan: _Plan, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(plan.keytab.astype(np.int64)).to(device)
 
 
 def _torch_scores(g: torch.Tensor, plan: _Plan, qdiv: int) -> torch.Tensor:
