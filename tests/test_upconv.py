@@ -169,8 +169,8 @@ def test_fold_weights_pixel_shuffle_identity(seed):
 
 
 def test_autograd_uses_torch_path(seed):
-    x = torch.randn(1, 4, 3, 2, dtype=torch.float64, requires_grad=True)
-    gw, gb, cw, cb = _params(4, 2, 2, torch.float64)
+    x = torch.randn(1, 4, 2, 3, dtype=torch.float64, requires_grad=True)
+    gw, gb, cw, cb = _params(4, 1, 2, torch.float64)
     cw.requires_grad_(True)
     mean, rstd = _stats(x.detach(), 2)
     mean, rstd = mean.double(), rstd.double()
@@ -219,10 +219,21 @@ def test_bad_inputs():
         upconv_tail(x, mean, rstd, gw, gb, cw, cb, 0)
 
 
-def test_gpu_launcher_configs_under_interpreter(seed, monkeypatch):
-    # the autotuned GPU launch (grid lambda, ROWS, padding) with every bf16 tuning config, run by the interpreter
-    if not (backend.HAS_TRITON and backend.interpreter_enabled()):
-        pytest.skip("needs the Triton interpreter")
+_LAUNCH_ON = ["interpreter"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("where", _LAUNCH_ON)
+def test_gpu_launcher_every_config(seed, monkeypatch, where):
+    # the autotuned GPU launch (grid lambda, ROWS, scratch sizing, padding) with EVERY tuning config, each
+    # checked: on a GPU for real ("cuda": a shape above the no-autotune threshold), else by the interpreter
+    if where == "interpreter":
+        if not (backend.HAS_TRITON and backend.interpreter_enabled()):
+            pytest.skip("needs the Triton interpreter")
+        dev, (N, C, H, W, Cout, G) = "cpu", (1, 36, 3, 2, 9, 4)
+        monkeypatch.setattr(upconv_mod, "_use_tuned", lambda x: True)
+        monkeypatch.setattr(upconv_mod, "_SMALL_PIXELS", 0)
+    else:
+        dev, (N, C, H, W, Cout, G) = "cuda", (1, 128, 40, 150, 3, 32)
     outs = []
 
     class _Shim:
@@ -231,25 +242,41 @@ def test_gpu_launcher_configs_under_interpreter(seed, monkeypatch):
                 nargs = dict(zip(upconv_mod._upconv_kernel.arg_names, args))
                 for cfg in upconv_mod._prune(upconv_mod._gpu_configs(), nargs, **kw):
                     args[5].fill_(float("nan"))
-                    upconv_mod._upconv_kernel[grid({**nargs, **kw, **cfg.kwargs})](*args, **kw, **cfg.kwargs)
+                    upconv_mod._upconv_kernel[grid({**nargs, **kw, **cfg.kwargs})](
+                        *args, **kw, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
                     outs.append((tuple(cfg.kwargs.values()), args[5].clone()))
             return launch
 
-    monkeypatch.setattr(upconv_mod, "_use_tuned", lambda x: True)
     monkeypatch.setattr(upconv_mod, "_upconv_kernel_tuned", _Shim())
-    N, C, H, W, Cout, G = 1, 36, 3, 2, 9, 4
-    x = torch.randn(N, C, H, W).bfloat16()
-    gw, gb, cw, cb = _params(C, Cout, G, torch.bfloat16)
+    x = torch.randn(N, C, H, W).bfloat16().to(dev)
+    gw, gb, cw, cb = _params(C, Cout, G, torch.bfloat16, dev)
     mean, rstd = _stats(x, G)
+    n_cfg = 9 if Cout == 9 else 5
     for partitioned in (True, False):
         outs.clear()
-        ref = tail_reference_stats(x, mean, rstd, gw, gb, cw, cb, G, partitioned)
+        ref = tail_reference_stats(x.cpu(), mean.cpu(), rstd.cpu(), gw.cpu(), gb.cpu(), cw.cpu(), cb.cpu(), G,
+                                   partitioned)
         with backend.prefer("triton"):
             upconv_tail(x, mean, rstd, gw, gb, cw, cb, G, partitioned=partitioned)
-        assert len({c for c, _ in outs}) >= 8 and {c[-1] for c, _ in outs} == {True, False}
+        assert len({c for c, _ in outs}) == n_cfg and {c[-1] for c, _ in outs} == {True, False}
         for cfg, y in outs:
-            err = (y.double() - ref).abs().max().item()
+            err = (y.cpu().double() - ref).abs().max().item()
             assert err <= 2e-2 * ref.abs().max().item(), (cfg, err)
+
+
+def test_gpu_small_problem_path_under_interpreter(seed, monkeypatch):
+    # the GPU launch for small problems (fixed config, no autotuning), run by the interpreter
+    if not (backend.HAS_TRITON and backend.interpreter_enabled()):
+        pytest.skip("needs the Triton interpreter")
+    monkeypatch.setattr(upconv_mod, "_use_tuned", lambda x: True)
+    x = torch.randn(1, 10, 3, 4)
+    gw, gb, cw, cb = _params(10, 5, 2)   # 4*Cout = 20 > 16: BN 32
+    mean, rstd = _stats(x, 2)
+    for partitioned in (True, False):
+        with backend.prefer("triton"):
+            y = upconv_tail(x, mean, rstd, gw, gb, cw, cb, 2, partitioned=partitioned)
+        ref = tail_reference_stats(x, mean, rstd, gw, gb, cw, cb, 2, partitioned)
+        torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
 
 
 def test_empty(backend_device):
