@@ -353,6 +353,13 @@ def test_glcm_entropy_is_true_entropy(seed):
             ref[0, d, a] = -(p * np.log2(p)).sum()
     np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(G.glcm_entropy(counts, base=math.e).numpy(), ref * math.log(2), rtol=1e-12)
+    np.testing.assert_allclose(G.glcm_entropy(counts, average="all").numpy(), ref.mean((-2, -1)), rtol=1e-12)
+    np.testing.assert_allclose(G.graycoprops(counts, "contrast", average="angles").numpy(),
+                               G.graycoprops(counts, "contrast").numpy().mean(-1), rtol=1e-12)
+    np.testing.assert_allclose(G.graycoprops(counts, "ASM", average="distances").numpy(),
+                               G.graycoprops(counts, "ASM").numpy().mean(-2), rtol=1e-12)
+    with pytest.raises(ValueError, match="average"):
+        G.graycoprops(counts, "ASM", average="patches")
     # the paper's score is a different quantity (distinct-value entropy)
     assert abs(float(G.glcm_score(torch.from_numpy(q * 16), size=64, levels=16)) - ref.mean()) > 1e-3
 

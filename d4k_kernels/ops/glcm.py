@@ -14,8 +14,9 @@ Public API
     of the normed GLCM (skimage ``shannon_entropy``), computed exactly with integers (histogram of
     counts per slice, merged across slices by the reduced fraction ``c/N``); float64 ``(N,)``
     (``reduction="mean"``) or ``(N, P)`` (``"none"``); 0-d / ``(P,)`` for an unbatched input.
-``graycoprops(P, prop)``  skimage 0.26's features of counts or normed GLCMs ``(..., L, L)`` -> ``(...)``.
-``glcm_entropy(P, base=2)``  the true entropy ``-sum p log p`` of each normed slice.
+``graycoprops(P, prop, average=None)``  skimage 0.26's features of counts or normed GLCMs ``(..., L, L)``
+    -> ``(...)``; ``average="distances" | "angles" | "all"`` averages over those axes.
+``glcm_entropy(P, base=2, average=None)``  the true entropy ``-sum p log p`` of each normed slice.
 
 Backends (``d4k_kernels.backend.select``): Triton kernels (CUDA, or CPU under the interpreter),
 the compiled C++ kernel (csrc/glcm.cpp, OpenMP over patches via at::parallel_for) for CPU tensors,
@@ -429,13 +430,28 @@ def _normed(P: torch.Tensor) -> torch.Tensor:
     return P / torch.where(s == 0, torch.ones_like(s), s)
 
 
-def graycoprops(P: torch.Tensor, prop: str = "contrast") -> torch.Tensor:
+_AVERAGE = {None: (), "distances": (-2,), "angles": (-1,), "all": (-2, -1)}
+
+
+def _average(x: torch.Tensor, average: Optional[str]) -> torch.Tensor:
+    dims = _AVERAGE[average]
+    if dims and x.dim() < 2:
+        raise ValueError(f"average={average!r} needs (..., nd, na) GLCMs, got result shape {tuple(x.shape)}")
+    return x.mean(dims) if dims else x
+
+
+def graycoprops(P: torch.Tensor, prop: str = "contrast", average: Optional[str] = None) -> torch.Tensor:
     """skimage 0.26 ``graycoprops`` of counts / normed GLCMs shaped ``(..., L, L)`` -> ``(...)`` float64.
 
     (skimage's own layout is (L, L, nd, na); here the matrices are the last two dims, as ``glcm``
-    returns them, so the result is (..., nd, na).) ``entropy`` is skimage's: natural log."""
+    returns them, so the result is (..., nd, na).) ``entropy`` is skimage's: natural log.
+    ``average``: None, "distances", "angles" or "all" (mean over those axes of (..., nd, na))."""
     check_choice(prop, "prop", PROPS)
-    P = _normed(P)
+    check_choice(average, "average", tuple(_AVERAGE))
+    return _average(_graycoprops(_normed(P), prop), average)
+
+
+def _graycoprops(P: torch.Tensor, prop: str) -> torch.Tensor:
     L = P.shape[-1]
     I = torch.arange(L, dtype=torch.float64, device=P.device).view(L, 1)
     J = torch.arange(L, dtype=torch.float64, device=P.device).view(1, L)
@@ -467,9 +483,11 @@ def graycoprops(P: torch.Tensor, prop: str = "contrast") -> torch.Tensor:
     return torch.where(flat, torch.ones_like(cov), cov / torch.where(flat, torch.ones_like(std_i), std_i * std_j))
 
 
-def glcm_entropy(P: torch.Tensor, base: float = 2.0) -> torch.Tensor:
-    """True entropy ``-sum p log_base p`` of each normed GLCM ``(..., L, L)`` -> ``(...)`` float64."""
+def glcm_entropy(P: torch.Tensor, base: float = 2.0, average: Optional[str] = None) -> torch.Tensor:
+    """True entropy ``-sum p log_base p`` of each normed GLCM ``(..., L, L)`` -> ``(...)`` float64
+    (``average`` as in :func:`graycoprops`)."""
+    check_choice(average, "average", tuple(_AVERAGE))
     P = _normed(P)
     lp = torch.where(P > 0, torch.log2(P), torch.zeros_like(P))
     h = -(P * lp).sum((-2, -1))
-    return h if base == 2 else h / math.log2(base)
+    return _average(h if base == 2 else h / math.log2(base), average)
