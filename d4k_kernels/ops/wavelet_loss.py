@@ -1,4 +1,4 @@
-"""Fused wavelet flow-matching loss (WLF) of Diffusion-4K: forward and backward in one pass each.
+"""Fused wavelet flow-matching loss (WLF) of Diffusion-4K: loss and gradient in one pass over the inputs.
 
 The Flux / SD3 training scripts of Diffusion-4K compute, per step (SPEC.md §2)::
 
