@@ -114,6 +114,28 @@ def _kept(plan):
     return [u for u, (dr, dc) in enumerate(plan.uoffsets) if abs(dr) < plan.patch and abs(dc) < plan.patch]
 
 
+_SCORE_TABLES = {}
+
+
+def _score_tables(plan, device, keytab, mult):
+    """Offsets / id table / multiplicities of the offsets that can pair inside a patch (cached per
+    plan and device: no host-to-device copies per call)."""
+    key = (id(plan), str(device))
+    hit = _SCORE_TABLES.get(key)
+    if hit is not None and hit[0] is plan:
+        return hit[1]
+    kept = _kept(plan)
+    offs = torch.tensor([plan.uoffsets[u] for u in kept] or [(0, 0)], dtype=torch.int32, device=device)
+    kidx = torch.tensor(kept or [0], dtype=torch.long, device=device)
+    kt = keytab.index_select(0, kidx).contiguous()
+    mu = mult.index_select(0, kidx).contiguous()
+    cells = plan.levels * plan.levels
+    zeros_extra = sum(plan.mult[u] for u in range(len(plan.uoffsets)) if u not in kept) * cells
+    val = (kept, offs, kt, mu, zeros_extra)
+    _SCORE_TABLES[key] = (plan, val)
+    return val
+
+
 def triton_counts(g: torch.Tensor, plan, qdiv: int) -> torch.Tensor:
     """(N, H, W) integer image -> (N*P, U, L, L) int32 counts of the plan's distinct offsets."""
     L, P = plan.levels, plan.patch
@@ -141,13 +163,7 @@ def triton_scores(g: torch.Tensor, plan, qdiv: int, tables) -> torch.Tensor:
     out = torch.empty(np_, dtype=torch.float64, device=g.device)
     if np_ == 0:
         return out
-    kept = _kept(plan)
-    offs = torch.tensor([plan.uoffsets[u] for u in kept] or [(0, 0)], dtype=torch.int32, device=g.device)
-    kidx = torch.tensor(kept or [0], dtype=torch.long, device=g.device)
-    kt = keytab.index_select(0, kidx).contiguous()
-    mu = mult.index_select(0, kidx).contiguous()
-    cells = L * L
-    zeros_extra = sum(plan.mult[u] for u in range(len(plan.uoffsets)) if u not in kept) * cells
+    kept, offs, kt, mu, zeros_extra = _score_tables(plan, g.device, keytab, mult)
     bl, nb = _tiles(L)
     K = plan.nkeys
     T = plan.cells
