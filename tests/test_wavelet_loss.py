@@ -539,3 +539,27 @@ def test_cuda_matches_cpu_path(seed, shape, levels, bw):
     _close(g, gr, 1e-2, what="grad")
     a = wavelet_loss(p, xt, x0, sig, w, levels=levels, band_weights=bw)
     assert torch.equal(a, out)  # deterministic on the GPU too
+
+
+@pytest.mark.cuda
+def test_cuda_over_2_31_elements(seed):
+    """(1, 33, 8192, 8192) bf16 inputs (2.2e9 elements each): int64 indexing. With equal band
+    weights the loss is the mean of d**2 (orthonormal pyramid) and the gradient -sigma*2*w/count*d;
+    the loss is checked channel by channel, the gradient on the last rows of the last channel."""
+    dev = torch.device("cuda")
+    shape = (1, 33, 8192, 8192)
+    p = torch.empty(shape, device=dev, dtype=torch.bfloat16).uniform_(-1, 1).requires_grad_(True)
+    xt = torch.empty(shape, device=dev, dtype=torch.bfloat16).uniform_(-1, 1)
+    x0 = torch.empty(shape, device=dev, dtype=torch.bfloat16).uniform_(-1, 1)
+    assert p.numel() > 2**31
+    sig, w = torch.tensor([0.3], device=dev), torch.tensor([1.7], device=dev)
+    out = wavelet_loss(p, xt, x0, sig, w)
+    g = torch.autograd.grad(out, p)[0]
+    count = coefficient_count(shape, 1)
+    with torch.no_grad():
+        tot = sum(((xt[:, c].float() - 0.3 * p[:, c].float() - x0[:, c].float()) ** 2).sum(dtype=torch.float64)
+                  for c in range(shape[1]))
+        ref = 1.7 * tot / count
+        _close(out, ref, 1e-4, what="loss")
+        d_tail = xt[0, -1, -4:].float() - 0.3 * p[0, -1, -4:].float() - x0[0, -1, -4:].float()
+        _close(g[0, -1, -4:], -0.3 * 2 * 1.7 / count * d_tail, 1e-2, what="grad tail")
