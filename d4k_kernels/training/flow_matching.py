@@ -154,9 +154,10 @@ class FlowMatchingWLFStep:
     def sample_u(self, batch_size: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         from diffusers.training_utils import compute_density_for_timestep_sampling
 
+        kw = {} if generator is None else {"generator": generator}  # older diffusers take no generator
         return compute_density_for_timestep_sampling(
             weighting_scheme=self.weighting_scheme, batch_size=batch_size, logit_mean=self.logit_mean,
-            logit_std=self.logit_std, mode_scale=self.mode_scale, generator=generator)
+            logit_std=self.logit_std, mode_scale=self.mode_scale, **kw)
 
     def timesteps_and_sigmas(self, u: torch.Tensor, device, dtype):
         indices = (u.cpu() * self.num_train_timesteps).long().clamp_(0, self.num_train_timesteps - 1)
