@@ -304,6 +304,17 @@ def test_upstream_gradient_not_one(backend_device, seed, reduction):
         _close(b, 2 * gr, 2e-6, what="grad, second backward")
 
 
+def test_weighting_grad_with_fused_gradient(backend_device, seed):
+    """weighting requires grad, sigmas do not: the fused forward+gradient path plus E for dL/dw."""
+    _, dev = backend_device
+    (p, xt, x0), sig, w = _inputs((3, 2, 5, 8), dev, torch.float64)
+    w = w.clone().requires_grad_(True)
+    out = wavelet_loss(p, xt, x0, sig, w, levels=2, band_weights=(1.0, 2.0, 0.5, 3.0))
+    ref = wavelet_loss_f64(p, xt, x0, sig, w, 2, (1.0, 2.0, 0.5, 3.0))
+    for g, gr in zip(_grads(2.5 * out, [p, x0, w]), _grads(2.5 * ref, [p, x0, w])):
+        _close(g, gr, 1e-12, what="grad")
+
+
 def test_no_grad_forward(backend_device, seed):
     _, dev = backend_device
     (p, xt, x0), sig, w = _inputs((2, 2, 4, 6), dev, torch.float32)
