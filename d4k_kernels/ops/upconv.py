@@ -316,7 +316,8 @@ if triton is not None:
                 acc0 = acc1
                 acc1 = tl.zeros((BW, DP * BN), dtype=tl.float32)
 
-    @triton.jit
+    # shapes are not specialised (no recompilation per tile size); strides are (contiguity, alignment)
+    @triton.jit(do_not_specialize=["C", "H", "W", "NCOL", "ROWS"])
     def _upconv_kernel(
         x_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr, s_ptr,
         C, H, W, NCOL, KC, NPAD, ROWS,
