@@ -304,3 +304,18 @@ def test_int64_offsets_variant(seed, partitioned, shift_mode):
     torch.testing.assert_close(y64, y32, rtol=0, atol=0)
     torch.testing.assert_close(y32.double(), tail_reference_stats(x, mean, rstd, gw, gb, cw, cb, 3, partitioned),
                                rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("partitioned", [True, False])
+def test_many_output_channels(backend_device, seed, partitioned):
+    # Cout = 70: 4*Cout = 280 folded outputs, several output-channel blocks and padding to 320
+    _, dev = backend_device
+    N, C, H, W, Cout, G = 1, 8, 2, 3, 70, 2
+    x = torch.randn(N, C, H, W, device=dev)
+    gw, gb, cw, cb = _params(C, Cout, G, device=dev)
+    mean, rstd = _stats(x, G)
+    y = upconv_tail(x, mean, rstd, gw, gb, cw, cb, G, partitioned=partitioned)
+    ref = tail_reference_stats(x.cpu(), mean.cpu(), rstd.cpu(), gw.cpu(), gb.cpu(), cw.cpu(), cb.cpu(), G,
+                               partitioned)
+    assert y.shape == (N, Cout, 2 * H, 2 * W)
+    torch.testing.assert_close(y.cpu().double(), ref, rtol=1e-5, atol=1e-5)
