@@ -15,14 +15,21 @@ from . import Case
 
 
 def _natural(size: int, n: int = 1, seed: int = 0) -> np.ndarray:
-    """skimage sample images (8-bit gray) tiled to size x size; n images shifted apart."""
-    from skimage import data
+    """skimage sample images (8-bit gray) tiled to size x size; n images shifted apart (a smooth
+    synthetic texture when scikit-image is not installed)."""
+    try:
+        from skimage import data
 
-    cam = data.camera()
-    ast = data.astronaut()
-    ag = ((ast[..., 0].astype(np.int32) * 9798 + ast[..., 1].astype(np.int32) * 19235
-           + ast[..., 2].astype(np.int32) * 3735 + 16384) >> 15).astype(np.uint8)
-    tile = np.concatenate([cam, ag], 1)
+        cam = data.camera()
+        ast = data.astronaut()
+        ag = ((ast[..., 0].astype(np.int32) * 9798 + ast[..., 1].astype(np.int32) * 19235
+               + ast[..., 2].astype(np.int32) * 3735 + 16384) >> 15).astype(np.uint8)
+        tile = np.concatenate([cam, ag], 1)
+    except ImportError:
+        yy, xx = np.mgrid[0:512, 0:1024]
+        rng = np.random.default_rng(seed)
+        tile = (128 + 60 * np.sin(yy / 23.0) * np.cos(xx / 31.0) + rng.normal(0, 6, yy.shape)).clip(0, 255)
+        tile = tile.astype(np.uint8)
     reps = -(-size // 512) + 1
     big = np.tile(tile, (reps, reps))
     return np.stack([np.ascontiguousarray(big[(37 * i) % 512:(37 * i) % 512 + size, (53 * i) % 512:(53 * i) % 512 + size])
