@@ -482,3 +482,20 @@ def test_cuda_triton_matches_other_paths_large():
     with backend.prefer("cpu"):
         s_other = G.glcm_score(batch)
     np.testing.assert_allclose(s.cpu().numpy(), s_other.cpu().numpy(), rtol=0, atol=1e-12)
+
+
+def test_cpp_threads_give_same_result(use_path, seed):
+    use_path("cpp")
+    rng = np.random.default_rng(seed)
+    img = torch.from_numpy(np.stack([_mixed(rng, 4), _natural(256)]))
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = G.glcm_score(img, size=256, reduction="none")
+        c1 = G.glcm(img // 4)
+        torch.set_num_threads(2)
+        two = G.glcm_score(img, size=256, reduction="none")
+        c2 = G.glcm(img // 4)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(one, two) and torch.equal(c1, c2)
