@@ -319,3 +319,17 @@ def test_many_output_channels(backend_device, seed, partitioned):
                                partitioned)
     assert y.shape == (N, Cout, 2 * H, 2 * W)
     torch.testing.assert_close(y.cpu().double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_folded_weight_cache_follows_in_place_updates(backend_device, seed):
+    _, dev = backend_device
+    x = torch.randn(1, 4, 3, 3, device=dev)
+    gw, gb, cw, cb = _params(4, 2, 2, device=dev)
+    mean, rstd = _stats(x, 2)
+    y1 = upconv_tail(x, mean, rstd, gw, gb, cw, cb, 2)
+    torch.testing.assert_close(upconv_tail(x, mean, rstd, gw, gb, cw, cb, 2), y1)
+    with torch.no_grad():
+        cw.mul_(-2.0)                      # in place: a cached fold must not be reused
+    y2 = upconv_tail(x, mean, rstd, gw, gb, cw, cb, 2)
+    ref = tail_reference_stats(x.cpu(), mean.cpu(), rstd.cpu(), gw.cpu(), gb.cpu(), cw.cpu(), cb.cpu(), 2, True)
+    torch.testing.assert_close(y2.cpu().double(), ref, rtol=1e-5, atol=1e-5)

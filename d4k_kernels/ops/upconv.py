@@ -53,6 +53,7 @@ When a gradient is needed (grad mode on and an input requires grad) the differen
 """
 from __future__ import annotations
 
+import weakref
 from typing import Optional
 
 import torch
@@ -395,6 +396,39 @@ def _rows_for(H, W, bw, n_z):
     return rows
 
 
+_WCACHE: dict = {}  # id(weight) -> (weakref to the weight, {key: folded weights})
+
+
+def _kernel_weights(conv_weight, partitioned, xdt, wdt, KC, NPAD):
+    """Folded weights as the kernel reads them: (D, D, KC, NPAD), rounded to x's dtype, stored as ``wdt``.
+
+    Cached per weight tensor (weakly; invalidated by in-place changes through the tensor's version
+    counter), so a decoder calling the tail per tile folds its conv weights once."""
+    Cout, C = conv_weight.shape[:2]
+    D = 2 if partitioned else 3
+    key = (conv_weight._version, partitioned, xdt, wdt, KC, NPAD, conv_weight.device)
+    wid = id(conv_weight)
+    ent = _WCACHE.get(wid)
+    if ent is not None and ent[0]() is conv_weight:
+        per = ent[1]
+    else:
+        per = {}
+        try:
+            ref = weakref.ref(conv_weight, lambda _r, wid=wid: _WCACHE.pop(wid, None))
+            _WCACHE[wid] = (ref, per)
+        except TypeError:  # not weak-referenceable: no caching
+            pass
+    wk = per.get(key)
+    if wk is None:
+        wf = fold_weights(conv_weight.detach(), partitioned, torch.float32)  # (4*Cout, C, D, D)
+        wk = torch.zeros((D, D, KC, NPAD), dtype=torch.float32, device=conv_weight.device)
+        wk[:, :, :C, :4 * Cout] = wf.permute(2, 3, 1, 0)
+        wk = wk.to(xdt).to(wdt).contiguous()
+        per.clear()  # keep only the latest version / variant per tensor
+        per[key] = wk
+    return wk
+
+
 def _upconv_triton(x, scale, shift, conv_weight, conv_bias, partitioned):
     N, C, H, W = x.shape
     Cout = conv_weight.shape[0]
@@ -410,10 +444,7 @@ def _upconv_triton(x, scale, shift, conv_weight, conv_bias, partitioned):
     # dot operands: the input dtype for bf16/fp16 on a GPU; fp32 under the interpreter (its 16-bit tl.dot is
     # wrong), with the weights rounded to the input dtype first so that it computes what the GPU computes
     wdt = torch.float32 if (ieee or not on_gpu) else x.dtype
-    wf = fold_weights(conv_weight, partitioned, torch.float32)  # (4*Cout, C, D, D)
-    wk = torch.zeros((D, D, KC, NPAD), dtype=torch.float32, device=x.device)
-    wk[:, :, :C, :ncol] = wf.permute(2, 3, 1, 0)
-    wk = wk.to(x.dtype).to(wdt).contiguous()
+    wk = _kernel_weights(conv_weight, partitioned, x.dtype, wdt, KC, NPAD)
     bias = conv_bias.to(torch.float32).contiguous() if conv_bias is not None else scale  # dummy ptr when absent
     # int32 per-element offsets are safe when every in-tile offset stays below 2^31
     # (in-tile offsets: < 64 channels * sxc, (W + 1) * sxw, < 16 output channels * 4HW, 2W + 2)
