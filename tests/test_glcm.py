@@ -426,7 +426,7 @@ def comp(kern, const, over=None):
     sig.update(over or {})
     consts = {(names.index(n),): v for n, v in const.items()}
     k = triton.compile(ASTSource(fn=kern, signature=sig, constexprs=consts),
-                       target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+                       target=GPUTarget("cuda", 90, 32), options={"num_warps": GT._NUM_WARPS})
     assert "ptx" in k.asm
 for score in (True, False):
     for L, P in ((64, 64), (256, 32), (10, 16)):

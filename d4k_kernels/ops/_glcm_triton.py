@@ -88,6 +88,7 @@ def _flog_sum_kernel(nacc_ptr, flog_ptr, out_ptr, p0, nkeys, BLOCK: tl.constexpr
     tl.store(out_ptr + p0 + pid, tl.sum(s, axis=0))
 
 
+_NUM_WARPS = 8       # sm_90 (ptxas -v): 120 registers, no spills; 4 warps needs 242 registers
 _BK = 64            # pixels per one-hot tile (the K of the int8 dot) on a GPU
 _BK_INTERPRET = 1024  # under the interpreter fewer, larger numpy steps are much faster
 
@@ -150,7 +151,7 @@ def triton_counts(g: torch.Tensor, plan, qdiv: int) -> torch.Tensor:
     grid = (np_, U, nb * nb)
     _glcm_tile_kernel[grid](
         g, g.stride(0), g.stride(1), g.stride(2), offs, out, offs, offs, 0, 0,
-        0, ppi, pw, U, qdiv, P=P, L=L, BL=bl, BK=bk, NB=nb, SCORE=False,
+        0, ppi, pw, U, qdiv, P=P, L=L, BL=bl, BK=bk, NB=nb, SCORE=False, num_warps=_NUM_WARPS,
     )
     return out
 
@@ -177,6 +178,7 @@ def triton_scores(g: torch.Tensor, plan, qdiv: int, tables) -> torch.Tensor:
             _glcm_tile_kernel[(npc, len(kept), nb * nb)](
                 g, g.stride(0), g.stride(1), g.stride(2), offs, nacc, kt, mu, kt.stride(0), K,
                 p0, ppi, pw, len(kept), qdiv, P=P, L=L, BL=bl, BK=_bk(P, g.device), NB=nb, SCORE=True,
+                num_warps=_NUM_WARPS,
             )
         _flog_sum_kernel[(npc,)](nacc, flog, out, p0, K, BLOCK=1024)
     # scalars stay out of the kernel: Triton passes Python floats as fp32
