@@ -46,6 +46,7 @@ of the IDWT (inverse + crops) is the zero-mode DWT. ``d4k::haar_idwt2`` takes a 
 """
 from __future__ import annotations
 
+import functools
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -417,7 +418,7 @@ def _tiles(levels: int) -> Tuple[int, int]:
 
 
 def _grid(planes: int, h: int, w: int, br: int, bc: int):
-    tiles_h, tiles_w = triton.cdiv(h, br), triton.cdiv(w, bc)
+    tiles_h, tiles_w = -(-h // br), -(-w // bc)
     n = planes * tiles_h * tiles_w
     if n >= 2**31:
         raise ValueError(f"too many tiles ({n}) for one launch")
@@ -432,28 +433,39 @@ def _flat3(x: torch.Tensor) -> torch.Tensor:
     return x.reshape((-1,) + tuple(x.shape[-2:]))
 
 
+@functools.lru_cache(maxsize=512)
+def _launches(P: int, hs: Tuple[int, ...], ws: Tuple[int, ...], tile: Tuple[int, int]):
+    """Per launch group: (s, L, BR, BC, tiles_w, tiles_per_plane, grid). Cached: the host time of
+    a call matters for small, launch-bound shapes."""
+    out = []
+    for s, n in _plan(hs, ws):
+        br, bc = _tiles(n)
+        out.append((s, n, br, bc) + _grid(P, hs[s + n], ws[s + n], br, bc))
+    return tuple(out)
+
+
 def _dwt_triton(x: torch.Tensor, levels: int, mode: str):
     lead, (H, W) = x.shape[:-2], x.shape[-2:]
     x3 = _flat3(x)
     P = x3.shape[0]
-    hs, ws = _chain(H, levels), _chain(W, levels)
+    hs, ws = tuple(_chain(H, levels)), tuple(_chain(W, levels))
     acc = _acc_dtype(x.dtype)
-    yh = [torch.empty((P, 3, hs[k + 1], ws[k + 1]), dtype=x.dtype, device=x.device) for k in range(levels)]
-    yl = torch.empty((P, hs[levels], ws[levels]), dtype=x.dtype, device=x.device)
+    tl_acc = _tl_acc(x.dtype)
+    mode_id = _MODE_ID[mode]
+    dev = x.device
+    yh = [torch.empty((P, 3, hs[k + 1], ws[k + 1]), dtype=x.dtype, device=dev) for k in range(levels)]
+    yl = torch.empty((P, hs[levels], ws[levels]), dtype=x.dtype, device=dev)
     cur = x3
-    for s, n in _plan(hs, ws):
-        last = s + n == levels
-        ll = yl if last else torch.empty((P, hs[s + n], ws[s + n]), dtype=acc, device=x.device)
-        br, bc = _tiles(n)
-        tiles_w, tpp, grid = _grid(P, hs[s + n], ws[s + n], br, bc)
+    for s, n, br, bc, tiles_w, tpp, grid in _launches(P, hs, ws, _TILE):
+        ll = yl if s + n == levels else torch.empty((P, hs[s + n], ws[s + n]), dtype=acc, device=dev)
         ds = yh[s:s + n] + [yh[s]] * (_FUSE_MAX - n)
         _haar_fwd_kernel[grid](
             cur, cur.stride(0), cur.stride(1), cur.stride(2), hs[s], ws[s],
             ll, hs[s + n], ws[s + n], *ds, tiles_w, tpp,
-            LEVELS=n, BR=br, BC=bc, MODE=_MODE_ID[mode], ACC=_tl_acc(x.dtype), num_warps=_NUM_WARPS,
+            LEVELS=n, BR=br, BC=bc, MODE=mode_id, ACC=tl_acc, num_warps=_NUM_WARPS,
         )
         cur = ll
-    return yl.reshape(lead + yl.shape[-2:]), [d.reshape(lead + d.shape[-3:]) for d in yh]
+    return yl.view(lead + yl.shape[-2:]), [d.view(lead + d.shape[-3:]) for d in yh]
 
 
 def _idwt_triton(yl: torch.Tensor, yh: Sequence[torch.Tensor], out_h: int, out_w: int, fold: str):
@@ -461,11 +473,10 @@ def _idwt_triton(yl: torch.Tensor, yh: Sequence[torch.Tensor], out_h: int, out_w
     cur = _flat3(yl)
     P = cur.shape[0]
     ds = [d.reshape((-1,) + tuple(d.shape[-3:])).contiguous() for d in yh]
-    hs = [out_h] + [d.shape[-2] for d in yh]
-    ws = [out_w] + [d.shape[-1] for d in yh]
+    hs = tuple([out_h] + [d.shape[-2] for d in yh])
+    ws = tuple([out_w] + [d.shape[-1] for d in yh])
     acc = _acc_dtype(yl.dtype)
-    groups = _plan(hs, ws)
-    for s, n in reversed(groups):
+    for s, n, br, bc, tiles_w, tpp, grid in reversed(_launches(P, hs, ws, _TILE)):
         final = s == 0
         h1, w1 = hs[s + 1], ws[s + 1]
         if fold == "crop":
@@ -474,8 +485,6 @@ def _idwt_triton(yl: torch.Tensor, yh: Sequence[torch.Tensor], out_h: int, out_w
             o_h, o_w = 2 * h1, 2 * w1    # full size, folded below
         dt = yl.dtype if (final and (fold == "crop" or (o_h, o_w) == (hs[s], ws[s]))) else acc
         out = torch.empty((P, o_h, o_w), dtype=dt, device=yl.device)
-        br, bc = _tiles(n)
-        tiles_w, tpp, grid = _grid(P, hs[s + n], ws[s + n], br, bc)
         dl = ds[s:s + n] + [ds[s]] * (_FUSE_MAX - n)
         _haar_inv_kernel[grid](
             cur, cur.stride(0), cur.stride(1), cur.stride(2), hs[s + n], ws[s + n],
