@@ -472,14 +472,10 @@ from d4k_kernels.ops import wavelet_loss as wl
 FP32 = ("sigma_ptr", "bw_ptr", "part_ptr", "go_ptr", "w_ptr", "epart_ptr")
 DIV16 = ("H", "W", "sp_n", "sp_c", "sp_h", "st_n", "st_c", "st_h", "s0_n", "s0_c", "s0_h")
 jobs = [(wl._wl_fwd_kernel, 1, True, {}), (wl._wl_fwd_kernel, 5, False, {}),
-        (wl._wl_bwd_kernel, 1, True, dict(W_PRED=True, W_XT=False, W_X0=False, W_SIGMA=False,
-                                          GO_MODE=0, HAS_W=True, W_ENERGY=True, MEAN=True)),  # fused fwd + grad
-        (wl._wl_bwd_kernel, 5, True, dict(W_PRED=True, W_XT=True, W_X0=False, W_SIGMA=False,
-                                          GO_MODE=0, HAS_W=True, W_ENERGY=True, MEAN=False)),
-        (wl._wl_bwd_kernel, 3, True, dict(W_PRED=True, W_XT=True, W_X0=True, W_SIGMA=True,
-                                          GO_MODE=2, HAS_W=False, W_ENERGY=False, MEAN=False)),  # recomputing bwd
-        (wl._wl_bwd_kernel, 1, False, dict(W_PRED=True, W_XT=False, W_X0=False, W_SIGMA=False,
-                                           GO_MODE=1, HAS_W=True, W_ENERGY=False, MEAN=True))]
+        (wl._wl_bwd_kernel, 1, True, dict(W_PRED=True, W_XT=False, W_X0=False, W_SIGMA=False)),
+        (wl._wl_bwd_kernel, 5, True, dict(W_PRED=True, W_XT=True, W_X0=False, W_SIGMA=False)),
+        (wl._wl_bwd_kernel, 3, True, dict(W_PRED=True, W_XT=True, W_X0=True, W_SIGMA=True)),
+        (wl._wl_bwd_kernel, 1, False, dict(W_PRED=True, W_XT=False, W_X0=False, W_SIGMA=False))]
 for kern, levels, unit, flags in jobs:
     names = kern.arg_names
     bh, bw, _, _ = wl._tiles(4096, 4096, levels)
@@ -496,17 +492,17 @@ for kern, levels, unit, flags in jobs:
         assert re.search(r"ld\.global(\.\w+)*\.v4", ptx), (levels, flags)
 fin = wl._wl_finish_kernel
 for per_sample in (False, True):
-    const = dict(HAS_W=True, PER_SAMPLE=per_sample, MEAN=not per_sample, BLOCK=1024, ACC=tl.float32)
+    const = dict(PER_SAMPLE=per_sample, BLOCK=1024, ACC=tl.float32)
     names = fin.arg_names
     sig = {n: "constexpr" if n in const else ("*fp32" if n.endswith("_ptr") else "i32") for n in names}
     consts = {(names.index(n),): v for n, v in const.items()}
     triton.compile(ASTSource(fn=fin, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
                    options={"num_warps": 4})
 resc = wl._wl_rescale_kernel
-for per_sample in (False, True):
+for acc_t in ("fp32",):
     names = resc.arg_names
-    const = dict(GO_PER_SAMPLE=per_sample, BLOCK=4096, ACC=tl.float32)
-    sig = {"g_ptr": "*bf16", "go_ptr": "*fp32", "per_sample": "i32", "GO_PER_SAMPLE": "constexpr", "BLOCK": "constexpr",
+    const = dict(BLOCK=4096, ACC=tl.float32)
+    sig = {"g_ptr": "*bf16", "go_ptr": "*" + acc_t, "go_stride": "i32", "per_sample": "i32", "BLOCK": "constexpr",
            "ACC": "constexpr"}
     consts = {(names.index(n),): v for n, v in const.items()}
     triton.compile(ASTSource(fn=resc, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),

@@ -139,7 +139,7 @@ if backend.HAS_TRITON:
         mask = (row < H) & (col < W)
         return row, col, mask
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["C", "n_tiles"])
     def _wl_fwd_kernel(pred_ptr, xt_ptr, x0_ptr, sigma_ptr, bw_ptr, part_ptr,
                        C, H, W, n_tiles,
                        sp_n, sp_c, sp_h, sp_w, st_n, st_c, st_h, st_w, s0_n, s0_c, s0_h, s0_w,
@@ -171,20 +171,21 @@ if backend.HAS_TRITON:
         tile = tl.program_id(1) * tl.num_programs(2) + tl.program_id(2)
         tl.store(part_ptr + plane.to(tl.int64) * n_tiles + tile, acc)
 
-    @triton.jit
-    def _wl_bwd_kernel(pred_ptr, xt_ptr, x0_ptr, sigma_ptr, bw_ptr, go_ptr, w_ptr, n_batch,
+    @triton.jit(do_not_specialize=["go_stride", "n_div", "C", "n_tiles"])
+    def _wl_bwd_kernel(pred_ptr, xt_ptr, x0_ptr, sigma_ptr, bw_ptr, go_ptr, go_stride, w_ptr, n_div,
                        gp_ptr, gt_ptr, g0_ptr, part_ptr, epart_ptr,
                        C, H, W, n_tiles,
                        sp_n, sp_c, sp_h, sp_w, st_n, st_c, st_h, st_w, s0_n, s0_c, s0_h, s0_w,
                        HAS_XT: tl.constexpr, LEVELS: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
                        ACC: tl.constexpr, UNIT_W: tl.constexpr, W_PRED: tl.constexpr, W_XT: tl.constexpr,
-                       W_X0: tl.constexpr, W_SIGMA: tl.constexpr, GO_MODE: tl.constexpr,
-                       HAS_W: tl.constexpr, W_ENERGY: tl.constexpr, MEAN: tl.constexpr):
+                       W_X0: tl.constexpr, W_SIGMA: tl.constexpr):
         """g = 2 * dL/dE_n * W^T diag(w) W d; grad pred = -sigma g, grad x_t = g, grad x0 = -g,
         per-tile partials of grad sigma = sum(-pred * g). Gradients are written contiguous.
-        dL/dE_n = go (/ n_batch when MEAN) (* weighting[n] when HAS_W), go = 1 (GO_MODE 0), go[0] (1)
-        or go[n] (2).
-        W_ENERGY: also write the forward's per-tile energy partials (forward and gradient in one pass)."""
+        dL/dE_n = go[n * go_stride] * w[n] / n_div (runtime values, not constexprs, to keep the number
+        of compiled variants small: a ones tensor stands for "no weighting" / "upstream gradient 1").
+        Also writes the forward's per-tile energy partials (used when forward and gradient run as one
+        pass; cheap enough to write always, which halves the compiled variants)."""
+        """"""
         plane = tl.program_id(0)
         n = (plane // C).to(tl.int64)
         c = (plane % C).to(tl.int64)
@@ -226,38 +227,29 @@ if backend.HAS_TRITON:
         if LEVELS == 1:
             g = ll1 * wll
         g4 = _ihaar(g, lh1 * _w(bw_ptr, 1), hl1 * _w(bw_ptr, 2), hh1 * _w(bw_ptr, 3), ACC)
-        if W_ENERGY:
-            en = _w(bw_ptr, 1) * _ssq(lh1) + _w(bw_ptr, 2) * _ssq(hl1) + _w(bw_ptr, 3) * _ssq(hh1)
-            if LEVELS >= 2:
-                en += _w(bw_ptr, 4) * _ssq(lh2) + _w(bw_ptr, 5) * _ssq(hl2) + _w(bw_ptr, 6) * _ssq(hh2)
-            if LEVELS >= 3:
-                en += _w(bw_ptr, 7) * _ssq(lh3) + _w(bw_ptr, 8) * _ssq(hl3) + _w(bw_ptr, 9) * _ssq(hh3)
-            if LEVELS >= 4:
-                en += _w(bw_ptr, 10) * _ssq(lh4) + _w(bw_ptr, 11) * _ssq(hl4) + _w(bw_ptr, 12) * _ssq(hh4)
-            if LEVELS >= 5:
-                en += _w(bw_ptr, 13) * _ssq(lh5) + _w(bw_ptr, 14) * _ssq(hl5) + _w(bw_ptr, 15) * _ssq(hh5)
-            if LEVELS == 1:
-                en += wll * _ssq(ll1)
-            if LEVELS == 2:
-                en += wll * _ssq(ll2)
-            if LEVELS == 3:
-                en += wll * _ssq(ll3)
-            if LEVELS == 4:
-                en += wll * _ssq(ll4)
-            if LEVELS == 5:
-                en += wll * _ssq(ll5)
-            etile = tl.program_id(1) * tl.num_programs(2) + tl.program_id(2)
-            tl.store(epart_ptr + plane.to(tl.int64) * n_tiles + etile, en)
-        if GO_MODE == 2:
-            ge = tl.load(go_ptr + n).to(ACC)
-        elif GO_MODE == 1:
-            ge = tl.load(go_ptr).to(ACC)
-        else:
-            ge = tl.full((), 1.0, ACC)
-        if MEAN:
-            ge = ge / n_batch
-        if HAS_W:
-            ge = ge * tl.load(w_ptr + n).to(ACC)
+        # energy partials of the forward (see the docstring)
+        en = _w(bw_ptr, 1) * _ssq(lh1) + _w(bw_ptr, 2) * _ssq(hl1) + _w(bw_ptr, 3) * _ssq(hh1)
+        if LEVELS >= 2:
+            en += _w(bw_ptr, 4) * _ssq(lh2) + _w(bw_ptr, 5) * _ssq(hl2) + _w(bw_ptr, 6) * _ssq(hh2)
+        if LEVELS >= 3:
+            en += _w(bw_ptr, 7) * _ssq(lh3) + _w(bw_ptr, 8) * _ssq(hl3) + _w(bw_ptr, 9) * _ssq(hh3)
+        if LEVELS >= 4:
+            en += _w(bw_ptr, 10) * _ssq(lh4) + _w(bw_ptr, 11) * _ssq(hl4) + _w(bw_ptr, 12) * _ssq(hh4)
+        if LEVELS >= 5:
+            en += _w(bw_ptr, 13) * _ssq(lh5) + _w(bw_ptr, 14) * _ssq(hl5) + _w(bw_ptr, 15) * _ssq(hh5)
+        if LEVELS == 1:
+            en += wll * _ssq(ll1)
+        if LEVELS == 2:
+            en += wll * _ssq(ll2)
+        if LEVELS == 3:
+            en += wll * _ssq(ll3)
+        if LEVELS == 4:
+            en += wll * _ssq(ll4)
+        if LEVELS == 5:
+            en += wll * _ssq(ll5)
+        etile = tl.program_id(1) * tl.num_programs(2) + tl.program_id(2)
+        tl.store(epart_ptr + plane.to(tl.int64) * n_tiles + etile, en)
+        ge = tl.load(go_ptr + n * go_stride).to(ACC) * tl.load(w_ptr + n).to(ACC) / n_div
         g4 = tl.reshape(g4, (2 * BH, 2 * BW)) * (2.0 * ge)
         # contiguous outputs (N, C, H, W)
         off = (n * C + c) * H * W + row.to(tl.int64) * W + col.to(tl.int64)
@@ -275,12 +267,11 @@ if backend.HAS_TRITON:
 
 if backend.HAS_TRITON:
 
-    @triton.jit
-    def _wl_finish_kernel(part_ptr, w_ptr, e_ptr, out_ptr, N, P,
-                          HAS_W: tl.constexpr, PER_SAMPLE: tl.constexpr, MEAN: tl.constexpr, BLOCK: tl.constexpr,
-                          ACC: tl.constexpr):
+    @triton.jit(do_not_specialize=["N", "P", "n_div"])
+    def _wl_finish_kernel(part_ptr, w_ptr, e_ptr, out_ptr, N, P, n_div,
+                          PER_SAMPLE: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
         """One program: e[n] = sum of sample n's tile partials (fixed order), loss_n = w[n] * e[n];
-        out = loss_n (PER_SAMPLE) or sum_n loss_n (/ N when MEAN)."""
+        out = loss_n (PER_SAMPLE) or sum_n loss_n / n_div."""
         offs = tl.arange(0, BLOCK)
         total = tl.sum(tl.zeros([BLOCK], ACC), axis=0)
         for n in range(0, N):
@@ -291,29 +282,22 @@ if backend.HAS_TRITON:
                 acc += tl.load(base + idx, mask=idx < P, other=0.0)
             e = tl.sum(acc, axis=0)
             tl.store(e_ptr + n, e)
-            if HAS_W:
-                e = e * tl.load(w_ptr + n).to(ACC)
+            e = e * tl.load(w_ptr + n).to(ACC)
             if PER_SAMPLE:
                 tl.store(out_ptr + n, e)
             else:
                 total += e
         if not PER_SAMPLE:
-            if MEAN:
-                total = total / N
-            tl.store(out_ptr, total)
+            tl.store(out_ptr, total / n_div)
 
-    @triton.jit
-    def _wl_rescale_kernel(g_ptr, go_ptr, per_sample, GO_PER_SAMPLE: tl.constexpr, BLOCK: tl.constexpr,
-                           ACC: tl.constexpr):
+    @triton.jit(do_not_specialize=["go_stride"])
+    def _wl_rescale_kernel(g_ptr, go_ptr, go_stride, per_sample, BLOCK: tl.constexpr, ACC: tl.constexpr):
         """g[n] *= go (go[n] per sample) in place; when go == 1 every access is masked off, so the
         usual backward (upstream gradient 1) moves no data."""
         n = tl.program_id(1)
         offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         zero = tl.zeros([BLOCK], dtype=tl.int32)  # go as a (broadcast) vector: same address per lane
-        if GO_PER_SAMPLE:
-            go = tl.load(go_ptr + n + zero).to(ACC)
-        else:
-            go = tl.load(go_ptr + zero).to(ACC)
+        go = tl.load(go_ptr + n * go_stride + zero).to(ACC)
         m = (offs < per_sample) & (go != 1.0)
         ptr = g_ptr + n.to(tl.int64) * per_sample + offs
         x = tl.load(ptr, mask=m, other=0.0).to(ACC)
@@ -351,6 +335,16 @@ def _unit_w(*ts) -> bool:
 
 def _strides(t: Optional[torch.Tensor]):
     return tuple(t.stride()) if t is not None else (0, 0, 0, 0)
+
+
+@functools.lru_cache(maxsize=64)
+def _ones_cached(n: int, device: str, dtype: torch.dtype) -> torch.Tensor:
+    return torch.ones(n, dtype=dtype, device=device)
+
+
+def _ones(n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A cached ones vector (stands for "no weighting" / "upstream gradient 1" in the kernels)."""
+    return _ones_cached(int(n), str(device), dtype)
 
 
 @functools.lru_cache(maxsize=64)
@@ -404,19 +398,22 @@ def _energy_bwd_triton(grad_e, pred, x_t, x0, sigma, weights, levels, need, weig
     gt = torch.empty(xt.shape, dtype=xt.dtype, device=pred.device) if need[1] and x_t is not None else None
     g0 = torch.empty(x0.shape, dtype=x0.dtype, device=pred.device) if need[2] else None
     part = torch.empty((N * C, th * tw), dtype=acc, device=pred.device) if need[3] else None
-    epart = torch.empty((N * C, th * tw), dtype=acc, device=pred.device) if energy else None
+    epart = torch.empty((N * C, th * tw), dtype=acc, device=pred.device)
     dummy = pred
-    go_mode = 0 if grad_e is None else (2 if go_per_sample else 1)
+    if grad_e is None:
+        go, go_stride = _ones(1, pred.device, acc), 0
+    else:
+        go, go_stride = grad_e.to(acc).contiguous(), (1 if go_per_sample else 0)
     _wl_bwd_kernel[(N * C, th, tw)](
-        pred, xt, x0, sigma, bwt, grad_e.to(acc).contiguous() if grad_e is not None else bwt,
-        weighting if weighting is not None else bwt, N,
+        pred, xt, x0, sigma, bwt, go, go_stride,
+        weighting if weighting is not None else _ones(N, pred.device, acc), N if mean else 1,
         gp if gp is not None else dummy, gt if gt is not None else dummy, g0 if g0 is not None else dummy,
-        part if part is not None else bwt, epart if epart is not None else bwt,
+        part if part is not None else bwt, epart,
         C, H, W, th * tw,
         *pred.stride(), *_strides(x_t), *x0.stride(),
         HAS_XT=x_t is not None, LEVELS=levels, BH=bh, BW=bw, ACC=_tl_acc(acc), UNIT_W=_unit_w(pred, x_t, x0),
         W_PRED=gp is not None, W_XT=gt is not None, W_X0=g0 is not None, W_SIGMA=part is not None,
-        GO_MODE=go_mode, HAS_W=weighting is not None, W_ENERGY=energy, MEAN=mean, num_warps=4,
+        num_warps=4,
     )
     gs = part.view(N, C * th * tw).sum(dim=1) if part is not None else None
     if energy:
@@ -431,9 +428,9 @@ def _finish_triton(part, weighting, reduction):
     per_sample = reduction == "none"
     out = torch.empty((N,) if per_sample else (), dtype=part.dtype, device=part.device)
     _wl_finish_kernel[(1,)](
-        part, weighting if weighting is not None else part, e, out, N, P,
-        HAS_W=weighting is not None, PER_SAMPLE=per_sample, MEAN=reduction == "mean", BLOCK=min(1024, _next_pow2(P)),
-        ACC=_tl_acc(part.dtype), num_warps=4,
+        part, weighting if weighting is not None else _ones(N, part.device, part.dtype), e, out, N, P,
+        N if reduction == "mean" else 1,
+        PER_SAMPLE=per_sample, BLOCK=1024, ACC=_tl_acc(part.dtype), num_warps=4,
     )
     return out, e
 
@@ -452,7 +449,7 @@ def _rescale_(g: torch.Tensor, go: torch.Tensor) -> torch.Tensor:
     per = g.numel() // N
     block = 4096
     acc = torch.float64 if g.dtype == torch.float64 else torch.float32
-    _wl_rescale_kernel[(triton.cdiv(per, block), N)](g, go.to(acc).contiguous(), per, GO_PER_SAMPLE=go.dim() == 1,
+    _wl_rescale_kernel[(triton.cdiv(per, block), N)](g, go.to(acc).contiguous(), 1 if go.dim() == 1 else 0, per,
                                                     BLOCK=block, ACC=_tl_acc(acc), num_warps=4)
     return g
 
