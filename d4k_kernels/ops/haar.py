@@ -284,7 +284,10 @@ if backend.HAS_TRITON:
               + hl[:, None, :, None] * sq + hh[:, None, :, None] * (sp * sq)) * 0.5   # (R, 2, C, 2)
         return tl.reshape(x4, (R2, C2))
 
-    @triton.jit
+    # Row counts and tile counters only feed row masks and div/mod: not specialising them on
+    # divisibility keeps the number of compiled variants down (column sizes and strides stay
+    # specialised: the 16-byte vector loads/stores depend on them).
+    @triton.jit(do_not_specialize=["n_h", "hL", "tiles_w", "tiles_per_plane"])
     def _haar_fwd_kernel(
         x_ptr, sx_p, sx_h, sx_w, n_h, n_w,          # group input (P, n_h, n_w), any strides
         ll_ptr, hL, wL,                             # group low-pass output, contiguous (P, hL, wL)
@@ -364,7 +367,7 @@ if backend.HAS_TRITON:
         off = (p64 * hL + rows.to(tl.int64)[:, None]) * wL + cols.to(tl.int64)[None, :]
         tl.store(ll_ptr + off, ll.to(ll_ptr.dtype.element_ty), mask=mo)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["hL", "o_h", "tiles_w", "tiles_per_plane"])
     def _haar_inv_kernel(
         ll_ptr, sl_p, sl_h, sl_w, hL, wL,           # group low-pass input (P, hL, wL), any strides
         d1_ptr, d2_ptr, d3_ptr, d4_ptr, d5_ptr,     # details, finest first, contiguous (P, 3, hk, wk)
