@@ -85,7 +85,7 @@ def _dwt_cases(shape, levels, dtype, device, compile_peers) -> List[Case]:
         out.append(Case(group, "ptwt", lambda: ptwt.wavedec2(x, "haar", mode="zero", level=levels), nbytes))
     out.append(Case(group, "torch", lambda: torch_dwt2(x, levels), nbytes))
     if compile_peers:
-        cf = torch.compile(torch_dwt2)
+        cf = torch.compile(torch_dwt2, dynamic=False)   # static shapes: no automatic-dynamic recompile
         out.append(Case(group, "torch.compile", lambda: cf(x, levels), nbytes))
     return out
 
@@ -111,7 +111,7 @@ def _idwt_cases(shape, levels, dtype, device, compile_peers) -> List[Case]:
         out.append(Case(group, "ptwt", lambda: ptwt.waverec2(pc, "haar"), nbytes))
     out.append(Case(group, "torch", lambda: torch_idwt2(yl, yh), nbytes))
     if compile_peers:
-        cf = torch.compile(torch_idwt2)
+        cf = torch.compile(torch_idwt2, dynamic=False)
         out.append(Case(group, "torch.compile", lambda: cf(yl, yh), nbytes))
     return out
 
