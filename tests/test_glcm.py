@@ -431,8 +431,9 @@ def comp(kern, const, over=None):
 for score in (True, False):
     for L, P in ((64, 64), (256, 32), (10, 16)):
         bl, nb = GT._tiles(L)
-        comp(GT._glcm_tile_kernel, dict(P=P, L=L, BL=bl, BK=GT._bk(P, __import__("torch").device("cuda")),
-                                        NB=nb, SCORE=score))
+        for g in (1, 2):
+            comp(GT._glcm_tile_kernel, dict(P=P, L=L, BL=bl, BK=GT._bk(P, __import__("torch").device("cuda")),
+                                            NB=nb, SCORE=score, G=g))
 comp(GT._flog_sum_kernel, dict(BLOCK=1024), {"out_ptr": "*fp64"})
 print("compiled")
 """
@@ -499,3 +500,24 @@ def test_cpp_threads_give_same_result(use_path, seed):
     finally:
         torch.set_num_threads(old)
     assert torch.equal(one, two) and torch.equal(c1, c2)
+
+
+@pytest.mark.parametrize("g", [1, 2])
+def test_triton_offsets_per_program(use_path, monkeypatch, g, seed):
+    """Both launch variants (one or two offsets per program sharing the one-hot tile), with an
+    odd number of distinct offsets."""
+    from d4k_kernels.ops import _glcm_triton as GT
+
+    dev = use_path("triton")
+    monkeypatch.setattr(GT, "_G", g)
+    rng = np.random.default_rng(seed)
+    q = rng.integers(0, 10, (1, 32, 48)).astype(np.uint8)
+    dist, ang = (1, 2), (0.0, math.pi / 2, math.pi / 4)   # 5 distinct offsets
+    assert len(set(G.offsets_of(dist, ang))) % 2 == 1
+    c = G.glcm(torch.from_numpy(q).to(dev), patch=16, distances=dist, angles=ang, levels=10)
+    np.testing.assert_array_equal(c.cpu().numpy()[0], R.glcm_counts(q[0], 16, dist, ang, 10))
+    img = (q[0, :32, :32] * 25).astype(np.uint8)
+    s = G.glcm_score(torch.from_numpy(img).to(dev), size=32, patch=16, levels=16, distances=dist, angles=ang,
+                     reduction="none")
+    ref = _ref_scores(img, 32, patch=16, levels=16, distances=dist, angles=ang)
+    np.testing.assert_allclose(s.cpu().numpy(), ref, rtol=0, atol=1e-12)

@@ -15,10 +15,28 @@ patch), computed with ``tl.dot`` on int8 one-hot tiles with int32 accumulation: 
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import triton
 import triton.language as tl
+
+
+@triton.jit
+def _tile_epilogue(acc, u, ok, ii, jj, patch, pid, out_ptr, key_ptr, mult_ptr, key_stride, nkeys, U,
+                   L: tl.constexpr, BL: tl.constexpr, SCORE: tl.constexpr):
+    okt = (tl.zeros((BL, BL), dtype=tl.int32) + ok.to(tl.int32)) > 0     # scalar -> tile mask
+    valid = (ii[:, None] < L) & (jj[None, :] < L) & okt
+    if SCORE:
+        keys = tl.load(key_ptr + u * key_stride + acc, mask=valid, other=0)
+        w = tl.load(mult_ptr + u)
+        row = out_ptr + pid.to(tl.int64) * nkeys
+        tl.atomic_add(row + keys, tl.zeros((BL, BL), dtype=tl.int32) + w, mask=valid & (acc > 0))
+        zeros = tl.sum(tl.sum((valid & (acc == 0)).to(tl.int32), axis=1), axis=0)
+        tl.atomic_add(row, zeros * w)       # key 0 is the value 0 for every offset (0 when not ok)
+    else:
+        dst = out_ptr + ((patch * U + u) * L) * L
+        tl.store(dst + ii[:, None] * L + jj[None, :], acc, mask=valid)
 
 
 @triton.jit
@@ -29,10 +47,10 @@ def _glcm_tile_kernel(
     key_ptr, mult_ptr, key_stride, nkeys,
     p0, ppi, pw, U, qdiv,
     P: tl.constexpr, L: tl.constexpr, BL: tl.constexpr, BK: tl.constexpr, NB: tl.constexpr,
-    SCORE: tl.constexpr,
+    SCORE: tl.constexpr, G: tl.constexpr,
 ):
     pid = tl.program_id(0)              # patch within this launch
-    u = tl.program_id(1)                # distinct offset
+    u0 = tl.program_id(1) * G           # first of the G offsets of this program
     blk = tl.program_id(2)              # (i-block, j-block)
     ib = (blk // NB) * BL
     jb = (blk % NB) * BL
@@ -42,38 +60,46 @@ def _glcm_tile_kernel(
     pr = rem // pw
     pc = rem % pw
     base = img * s_n + pr * P * s_h + pc * P * s_w
-    dr = tl.load(off_ptr + 2 * u)
-    dc = tl.load(off_ptr + 2 * u + 1)
+    dr0 = tl.load(off_ptr + 2 * u0)
+    dc0 = tl.load(off_ptr + 2 * u0 + 1)
+    u1 = tl.minimum(u0 + 1, U - 1)
+    has1 = (u0 + 1) < U
+    dr1 = tl.where(has1, tl.load(off_ptr + 2 * u1), P)   # no second offset: no pair is inside
+    dc1 = tl.load(off_ptr + 2 * u1 + 1)
 
     ii = ib + tl.arange(0, BL)          # levels of the first pixel handled by this tile
     jj = jb + tl.arange(0, BL)
-    acc = tl.zeros((BL, BL), dtype=tl.int32)
+    acc0 = tl.zeros((BL, BL), dtype=tl.int32)
+    acc1 = tl.zeros((BL, BL), dtype=tl.int32)
     for start in range(0, P * P, BK):
         p = start + tl.arange(0, BK)
         r = p // P
         c = p % P
-        r2 = r + dr
-        c2 = c + dc
-        m = (p < P * P) & (r2 >= 0) & (r2 < P) & (c2 >= 0) & (c2 < P)
-        g1 = tl.load(g_ptr + base + r.to(tl.int64) * s_h + c.to(tl.int64) * s_w, mask=m, other=0)
-        g2 = tl.load(g_ptr + base + r2.to(tl.int64) * s_h + c2.to(tl.int64) * s_w, mask=m, other=0)
+        inp = p < P * P
+        g1 = tl.load(g_ptr + base + r.to(tl.int64) * s_h + c.to(tl.int64) * s_w, mask=inp, other=0)
         q1 = g1.to(tl.int32) // qdiv
-        q2 = g2.to(tl.int32) // qdiv
-        a = ((ii[:, None] == q1[None, :]) & m[None, :]).to(tl.int8)      # (BL, BK)
-        b = ((q2[:, None] == jj[None, :]) & m[:, None]).to(tl.int8)      # (BK, BL)
-        acc += tl.dot(a, b, out_dtype=tl.int32)
+        # one-hot of the first pixel, shared by the G offsets (pixels whose partner is outside the
+        # patch get a zero row in B, so they add nothing)
+        a = ((ii[:, None] == q1[None, :]) & inp[None, :]).to(tl.int8)        # (BL, BK)
+        r2 = r + dr0
+        c2 = c + dc0
+        m0 = inp & (r2 >= 0) & (r2 < P) & (c2 >= 0) & (c2 < P)
+        g2 = tl.load(g_ptr + base + r2.to(tl.int64) * s_h + c2.to(tl.int64) * s_w, mask=m0, other=0)
+        b0 = (((g2.to(tl.int32) // qdiv)[:, None] == jj[None, :]) & m0[:, None]).to(tl.int8)
+        acc0 += tl.dot(a, b0, out_dtype=tl.int32)
+        if G == 2:
+            r3 = r + dr1
+            c3 = c + dc1
+            m1 = inp & (r3 >= 0) & (r3 < P) & (c3 >= 0) & (c3 < P)
+            g3 = tl.load(g_ptr + base + r3.to(tl.int64) * s_h + c3.to(tl.int64) * s_w, mask=m1, other=0)
+            b1 = (((g3.to(tl.int32) // qdiv)[:, None] == jj[None, :]) & m1[:, None]).to(tl.int8)
+            acc1 += tl.dot(a, b1, out_dtype=tl.int32)
 
-    valid = (ii[:, None] < L) & (jj[None, :] < L)
-    if SCORE:
-        keys = tl.load(key_ptr + u * key_stride + acc, mask=valid, other=0)
-        w = tl.load(mult_ptr + u)
-        row = out_ptr + pid.to(tl.int64) * nkeys
-        tl.atomic_add(row + keys, tl.zeros((BL, BL), dtype=tl.int32) + w, mask=valid & (acc > 0))
-        zeros = tl.sum(tl.sum((valid & (acc == 0)).to(tl.int32), axis=1), axis=0)
-        tl.atomic_add(row, zeros * w)       # key 0 is the value 0 for every offset
-    else:
-        dst = out_ptr + ((patch * U + u) * L) * L
-        tl.store(dst + ii[:, None] * L + jj[None, :], acc, mask=valid)
+    _tile_epilogue(acc0, u0, u0 < U, ii, jj, patch, pid, out_ptr, key_ptr, mult_ptr, key_stride, nkeys, U,
+                   L, BL, SCORE)
+    if G == 2:
+        _tile_epilogue(acc1, u1, has1, ii, jj, patch, pid, out_ptr, key_ptr, mult_ptr, key_stride, nkeys, U,
+                       L, BL, SCORE)
 
 
 @triton.jit
@@ -88,8 +114,15 @@ def _flog_sum_kernel(nacc_ptr, flog_ptr, out_ptr, p0, nkeys, BLOCK: tl.constexpr
     tl.store(out_ptr + p0 + pid, tl.sum(s, axis=0))
 
 
-_NUM_WARPS = 8       # sm_90 (ptxas -v): 120 registers, no spills; 4 warps needs 242 registers
-_BK = 64            # pixels per one-hot tile (the K of the int8 dot) on a GPU
+# Launch configuration (sm_90a, `ptxas -v`, SCORE kernel, patch 64, 64 levels):
+#   G=1, 8 warps, BK=64: 127 registers, no spills (2 blocks / 16 warps per SM)   <- default
+#   G=1, 4 warps, BK=64: 255 registers;  G=2, 8 warps, BK=64: 216 registers (1 block per SM)
+# G=2 shares the one-hot tile of the first pixel between two offsets (less ALU work, half the
+# occupancy): which wins is for the GPU to say. Overrides for tuning there:
+# D4K_GLCM_G, D4K_GLCM_WARPS, D4K_GLCM_BK.
+_G = int(os.environ.get("D4K_GLCM_G", "1"))
+_NUM_WARPS = int(os.environ.get("D4K_GLCM_WARPS", "8"))
+_BK = int(os.environ.get("D4K_GLCM_BK", "64"))  # pixels per one-hot tile (the K of the int8 dot) on a GPU
 _BK_INTERPRET = 1024  # under the interpreter fewer, larger numpy steps are much faster
 
 
@@ -148,10 +181,11 @@ def triton_counts(g: torch.Tensor, plan, qdiv: int) -> torch.Tensor:
     offs = torch.tensor(plan.uoffsets, dtype=torch.int32, device=g.device).reshape(-1, 2)
     bl, nb = _tiles(L)
     bk = _bk(P, g.device)
-    grid = (np_, U, nb * nb)
+    grid = (np_, triton.cdiv(U, _G), nb * nb)
     _glcm_tile_kernel[grid](
         g, g.stride(0), g.stride(1), g.stride(2), offs, out, offs, offs, 0, 0,
-        0, ppi, pw, U, qdiv, P=P, L=L, BL=bl, BK=bk, NB=nb, SCORE=False, num_warps=_NUM_WARPS,
+        0, ppi, pw, U, qdiv, P=P, L=L, BL=bl, BK=bk, NB=nb, SCORE=False, G=_G,
+        num_warps=_NUM_WARPS,
     )
     return out
 
@@ -175,9 +209,9 @@ def triton_scores(g: torch.Tensor, plan, qdiv: int, tables) -> torch.Tensor:
         if zeros_extra:
             nacc[:, 0] = zeros_extra
         if kept:
-            _glcm_tile_kernel[(npc, len(kept), nb * nb)](
+            _glcm_tile_kernel[(npc, triton.cdiv(len(kept), _G), nb * nb)](
                 g, g.stride(0), g.stride(1), g.stride(2), offs, nacc, kt, mu, kt.stride(0), K,
-                p0, ppi, pw, len(kept), qdiv, P=P, L=L, BL=bl, BK=_bk(P, g.device), NB=nb, SCORE=True,
+                p0, ppi, pw, len(kept), qdiv, P=P, L=L, BL=bl, BK=_bk(P, g.device), NB=nb, SCORE=True, G=_G,
                 num_warps=_NUM_WARPS,
             )
         _flog_sum_kernel[(npc,)](nacc, flog, out, p0, K, BLOCK=1024)
