@@ -45,6 +45,15 @@ except Exception:  # pragma: no cover
 
 __all__ = ["group_norm_stats", "group_norm_finalize", "group_norm_apply"]
 
+
+def _cdiv(a: int, b: int) -> int:
+    """Host-side ceil division (triton.cdiv is a constexpr_function: ~3 us per call)."""
+    return -(-a // b)
+
+
+def _next_pow2(n: int) -> int:
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
 _X_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
@@ -236,9 +245,9 @@ def _stats_triton(x: torch.Tensor, num_groups: int) -> torch.Tensor:
     on_gpu = x.device.type == "cuda"
     BLOCK = 2048 if on_gpu else 256
     target = 2048 if on_gpu else 4  # programs in total (enough to fill a GPU; few under the interpreter)
-    per_group = max(1, min(triton.cdiv(gsize, BLOCK), triton.cdiv(target, N * num_groups)))
-    iters = triton.cdiv(triton.cdiv(gsize, BLOCK), per_group)
-    per_group = triton.cdiv(gsize, iters * BLOCK)
+    per_group = max(1, min(_cdiv(gsize, BLOCK), _cdiv(target, N * num_groups)))
+    iters = _cdiv(_cdiv(gsize, BLOCK), per_group)
+    per_group = _cdiv(gsize, iters * BLOCK)
     if N * num_groups > 65535:
         raise ValueError(f"group_norm_stats: N*num_groups = {N * num_groups} exceeds the Triton grid limit 65535")
     sn, sc, sh, sw = x.stride()
@@ -249,13 +258,13 @@ def _stats_triton(x: torch.Tensor, num_groups: int) -> torch.Tensor:
             x, part, cg, gsize, sn, sc, num_groups, iters, per_group, BLOCK=BLOCK,
         )
     else:  # strided (e.g. a tile core of a larger tensor): 2-D [rows, columns] blocks, no per-element division
-        WB = min(triton.next_power_of_2(W), 1024 if on_gpu else 64)
+        WB = min(_next_pow2(W), 1024 if on_gpu else 64)
         RB = max(1, BLOCK // WB)
         R = cg * H
-        row_blocks = triton.cdiv(R, RB)
-        per_group = max(1, min(row_blocks, triton.cdiv(target, N * num_groups)))
-        row_iters = triton.cdiv(row_blocks, per_group)
-        per_group = triton.cdiv(row_blocks, row_iters)
+        row_blocks = _cdiv(R, RB)
+        per_group = max(1, min(row_blocks, _cdiv(target, N * num_groups)))
+        row_iters = _cdiv(row_blocks, per_group)
+        per_group = _cdiv(row_blocks, row_iters)
         part = torch.empty((N * num_groups, per_group, 3), dtype=torch.float32, device=x.device)
         _gn_stats_rows_kernel[(per_group, N * num_groups)](
             x, part, H, W, R, cg, sn, sc, sh, sw, num_groups, row_iters, per_group, RB=RB, WB=WB,
@@ -298,7 +307,7 @@ def _apply_triton(x, scale, shift, silu):
     sn, sc, sh, sw = x.stride()
     contig = (sw == 1 or W == 1) and (sh == W or H == 1)
     BLOCK = 2048 if x.device.type == "cuda" else 256
-    grid = (triton.cdiv(HW, BLOCK), N * C)
+    grid = (_cdiv(HW, BLOCK), N * C)
     _gn_apply_kernel[grid](x, y, scale, shift, C, HW, W, sn, sc, sh, sw, SILU=silu, CONTIG=contig, BLOCK=BLOCK)
     return y
 

@@ -73,6 +73,15 @@ except Exception:  # pragma: no cover
 
 __all__ = ["upconv_tail", "fold_weights"]
 
+
+def _cdiv(a: int, b: int) -> int:
+    """Host-side ceil division (triton.cdiv is a constexpr_function: ~3 us per call)."""
+    return -(-a // b)
+
+
+def _next_pow2(n: int) -> int:
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
 _X_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
@@ -374,6 +383,7 @@ def _prune(configs, named_args, **kwargs):
 
 
 if triton is not None:
+    _CFG_SHAPES = [(c.kwargs["BW"], c.kwargs["BN"], c.kwargs["SHIFT"]) for c in _gpu_configs()]
     _upconv_kernel_tuned = triton.autotune(
         configs=_gpu_configs(), key=["C", "NCOL", "D", "IEEE", "INT64"],
         prune_configs_by={"early_config_prune": _prune},
@@ -391,7 +401,7 @@ def _use_tuned(x: torch.Tensor) -> bool:
 
 def _rows_for(H, W, bw, n_z):
     rows = 16
-    while rows > 2 and triton.cdiv(H, rows) * triton.cdiv(W, bw) * n_z < 2048:
+    while rows > 2 and _cdiv(H, rows) * _cdiv(W, bw) * n_z < 2048:
         rows //= 2
     return rows
 
@@ -439,8 +449,8 @@ def _upconv_triton(x, scale, shift, conv_weight, conv_bias, partitioned):
     on_gpu = x.device.type == "cuda"
     ieee = x.dtype == torch.float32
     ncol = 4 * Cout
-    KC = triton.cdiv(C, _KPAD) * _KPAD
-    NPAD = triton.cdiv(ncol, _KPAD) * _KPAD
+    KC = _cdiv(C, _KPAD) * _KPAD
+    NPAD = _cdiv(ncol, _KPAD) * _KPAD
     # dot operands: the input dtype for bf16/fp16 on a GPU; fp32 under the interpreter (its 16-bit tl.dot is
     # wrong), with the weights rounded to the input dtype first so that it computes what the GPU computes
     wdt = torch.float32 if (ieee or not on_gpu) else x.dtype
@@ -458,16 +468,19 @@ def _upconv_triton(x, scale, shift, conv_weight, conv_bias, partitioned):
 
     def grid_of(bw, bn, rows, shift_mode):
         ow = bw - (D - 1) if shift_mode else bw
-        return (triton.cdiv(W, ow), triton.cdiv(H, rows), N * triton.cdiv(ncol, bn))
+        return (_cdiv(W, ow), _cdiv(H, rows), N * _cdiv(ncol, bn))
 
     def scratch_for(cfgs, rows):  # one [BW, DP*BN] fp32 slot per program of the SHIFT variant
-        sizes = [bw * DP * bn * grid_of(bw, bn, rows, True)[0] * grid_of(bw, bn, rows, True)[1]
-                 * grid_of(bw, bn, rows, True)[2] for bw, bn, sh in cfgs if sh]
-        return torch.empty(max(sizes + [1]), dtype=torch.float32, device=x.device)
+        size = 1
+        for bw, bn, sh in cfgs:
+            if sh:
+                g0, g1, g2 = grid_of(bw, bn, rows, True)
+                size = max(size, bw * DP * bn * g0 * g1 * g2)
+        return torch.empty(size, dtype=torch.float32, device=x.device)
 
     if _use_tuned(x):
-        rows = _rows_for(H, W, 64, N * triton.cdiv(ncol, 16))
-        if triton.cdiv(H, rows) > 65535 or N * triton.cdiv(ncol, 16) > 65535:
+        rows = _rows_for(H, W, 64, N * _cdiv(ncol, 16))
+        if _cdiv(H, rows) > 65535 or N * _cdiv(ncol, 16) > 65535:
             raise ValueError(f"upconv_tail: grid too large for x of shape {tuple(x.shape)} and Cout={Cout}")
         if N * H * W <= _SMALL_PIXELS:
             # small problems (tests, tiny tiles): one fixed config, no autotuning (each tuning compiles and
@@ -479,8 +492,7 @@ def _upconv_triton(x, scale, shift, conv_weight, conv_bias, partitioned):
                 x, wk, bias, scale, shift, y, scratch, C, H, W, ncol, KC, NPAD, rows, *x.stride(), *y.stride(),
                 **const, BW=bw, BC=bc, BN=bn, SHIFT=sh, num_warps=nw, num_stages=2)
             return y
-        cfgs = [(c.kwargs["BW"], c.kwargs["BN"], c.kwargs["SHIFT"]) for c in _gpu_configs()]
-        scratch = scratch_for(cfgs, rows)
+        scratch = scratch_for(_CFG_SHAPES, rows)
 
         def grid(meta):
             return grid_of(meta["BW"], meta["BN"], meta["ROWS"], meta["SHIFT"])
