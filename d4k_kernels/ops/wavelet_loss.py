@@ -449,7 +449,7 @@ def _rescale_(g: torch.Tensor, go: torch.Tensor) -> torch.Tensor:
     per = g.numel() // N
     block = 4096
     acc = torch.float64 if g.dtype == torch.float64 else torch.float32
-    _wl_rescale_kernel[(triton.cdiv(per, block), N)](g, go.to(acc).contiguous(), 1 if go.dim() == 1 else 0, per,
+    _wl_rescale_kernel[(-(-per // block), N)](g, go.to(acc).contiguous(), 1 if go.dim() == 1 else 0, per,
                                                     BLOCK=block, ACC=_tl_acc(acc), num_warps=4)
     return g
 
