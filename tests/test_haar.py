@@ -283,6 +283,31 @@ def test_backward_one_output_used(backend_device, seed):
     close(gx, gr)
 
 
+def test_torch_func_transforms_and_forward_ad(seed):
+    """torch.func grad / jvp / vmap and forward-mode AD (which custom ops with only a backward
+    formula cannot serve) run the plain functional torch route and give the right answers."""
+    from torch.autograd import forward_ad as fwAD
+
+    x = torch.randn(2, 1, 5, 6, dtype=torch.float64)
+    t = torch.randn_like(x)
+
+    def f(x):
+        return d4k_kernels.dwt2(x, 2, "reflect")[1][0].square().sum()
+
+    xr = x.clone().requires_grad_(True)
+    f(xr).backward()
+    close(torch.func.grad(f)(x), xr.grad, what="func.grad")
+    _, tan = torch.func.jvp(lambda x: d4k_kernels.dwt2(x, 2, "reflect")[1][1], (x,), (t,))
+    close(tan, ref.dwt2_ref(t, 2, "reflect")[1][1], what="jvp (the DWT is linear)")
+    y = torch.func.vmap(lambda x: d4k_kernels.dwt2(x, 1)[1][0])(x)
+    close(y, ref.dwt2_ref(x, 1)[1][0], what="vmap")
+    with fwAD.dual_level():
+        yl, yh = d4k_kernels.dwt2(fwAD.make_dual(x, t), 2, "symmetric")
+        rec = d4k_kernels.idwt2((yl, yh), output_size=(5, 6))
+        close(fwAD.unpack_dual(yl).tangent, ref.dwt2_ref(t, 2, "symmetric")[0], what="forward AD")
+        close(fwAD.unpack_dual(rec).tangent, t, what="forward AD through the inverse")
+
+
 # ---------------------------------------------------------------------------------------------
 # torch.compile (CPU path)
 # ---------------------------------------------------------------------------------------------

@@ -579,14 +579,55 @@ _idwt2_op.register_autograd(_idwt2_backward, setup_context=_idwt2_setup)
 # ----------------------------------------------------------------------------------------------
 # public functions
 # ----------------------------------------------------------------------------------------------
-def _eager_no_grad(*tensors) -> bool:
-    """True when the custom-op dispatch can be skipped (it costs tens of microseconds of host
-    time, which is the whole budget of a launch-bound call): eager mode, real devices, and no
-    tensor that autograd must track. torch.compile / export always go through the op."""
+def _route(*tensors) -> str:
+    """How a public call runs:
+
+    * "op": through the custom ops (torch.compile / export, or autograd must track a tensor);
+    * "composite": plain functional torch (the "cpu" path's math, differentiable op by op) under
+      forward-mode AD or torch.func transforms (grad, jvp, vmap), which custom ops with only a
+      backward formula do not support;
+    * "direct": eager and no gradient: the implementation without the custom-op dispatch (it costs
+      tens of microseconds of host time, the whole budget of a launch-bound call)."""
     if torch.compiler.is_compiling():
-        return False
+        return "op"
+    if getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0:
+        return "composite"
+    peek = getattr(getattr(torch._C, "_functorch", None), "peek_interpreter_stack", None)
+    if peek is not None and peek() is not None:
+        return "composite"
     grad = torch.is_grad_enabled()
-    return all(t.device.type in ("cpu", "cuda") and not (grad and t.requires_grad) for t in tensors)
+    if all(t.device.type in ("cpu", "cuda") and not (grad and t.requires_grad) for t in tensors):
+        return "direct"
+    return "op"
+
+
+def _dwt_composite(x: torch.Tensor, levels: int, mode: str) -> List[torch.Tensor]:
+    cur = x.to(_acc_dtype(x.dtype))
+    yh = []
+    for _ in range(levels):
+        cur = _pad_odd(cur, mode)
+        h, w = cur.shape[-2] // 2, cur.shape[-1] // 2
+        x6 = cur.unflatten(-1, (w, 2)).unflatten(-3, (h, 2))
+        top, bot = x6.select(-3, 0), x6.select(-3, 1)
+        s, d = top + bot, top - bot
+        s0, s1, d0, d1 = s[..., 0], s[..., 1], d[..., 0], d[..., 1]
+        yh.append((torch.stack([d0 + d1, s0 - s1, d0 - d1], dim=-3) * 0.5).to(x.dtype))
+        cur = (s0 + s1) * 0.5
+    return [cur.to(x.dtype)] + yh
+
+
+def _idwt_composite(yl: torch.Tensor, yh: Sequence[torch.Tensor], out_h: int, out_w: int) -> torch.Tensor:
+    acc = _acc_dtype(yl.dtype)
+    cur = yl.to(acc)
+    for k in reversed(range(len(yh))):
+        lh, hl, hh = yh[k].to(acc).unbind(-3)
+        p, q, r, t = cur + lh, hl + hh, cur - lh, hl - hh
+        top = torch.stack((p + q, p - q), dim=-1)
+        bot = torch.stack((r + t, r - t), dim=-1)
+        cur = (torch.stack((top, bot), dim=-3) * 0.5).flatten(-2).flatten(-3, -2)
+        n_h, n_w = (out_h, out_w) if k == 0 else yh[k - 1].shape[-2:]
+        cur = cur[..., :n_h, :n_w]
+    return cur.to(yl.dtype)
 
 
 def dwt2(x: torch.Tensor, levels: int = 1, mode: str = "zero") -> Tuple[torch.Tensor, List[torch.Tensor]]:
@@ -604,7 +645,13 @@ def dwt2(x: torch.Tensor, levels: int = 1, mode: str = "zero") -> Tuple[torch.Te
         raise ValueError(
             f"levels={levels} is more than a {H}x{W} input allows: at most {jmax} "
             "(each level halves the size rounding up and needs an input of at least 2x2)")
-    out = _dwt2_impl(x, levels, mode) if _eager_no_grad(x) else _dwt2_op(x, levels, mode)
+    route = _route(x)
+    if route == "direct":
+        out = _dwt2_impl(x, levels, mode)
+    elif route == "composite":
+        out = _dwt_composite(x, levels, mode)
+    else:
+        out = _dwt2_op(x, levels, mode)
     return out[0], list(out[1:])
 
 
@@ -657,8 +704,11 @@ def idwt2(coeffs, mode: str = "zero", output_size: Optional[Sequence[int]] = Non
             raise ValueError(f"output_size={tuple(output_size)} does not fit coefficients whose finest "
                              f"level reconstructs {cur_h}x{cur_w}: expected H in ({cur_h - 1}, {cur_h}), "
                              f"W in ({cur_w - 1}, {cur_w})")
-    if _eager_no_grad(yl, *yh):
+    route = _route(yl, *yh)
+    if route == "direct":
         return _idwt2_impl(yl, yh, out_h, out_w, "crop")
+    if route == "composite":
+        return _idwt_composite(yl, yh, out_h, out_w)
     return _idwt2_op(yl, yh, out_h, out_w, "crop")
 
 
