@@ -32,6 +32,8 @@ _EXPORTS = {
     # decoder tail kernels (ops/upconv.py, ops/groupnorm.py)
     "upconv_tail": "d4k_kernels.ops.upconv",
     "group_norm_stats": "d4k_kernels.ops.groupnorm",
+    "group_norm_finalize": "d4k_kernels.ops.groupnorm",
+    "group_norm_apply": "d4k_kernels.ops.groupnorm",
     # SC-VAE and exact tiled decoding (vae/, integrations/)
     "SCAutoencoderKL": "d4k_kernels.vae",
     "tiled_decode": "d4k_kernels.vae",
