@@ -64,7 +64,8 @@ inline Layout make_layout(int P, int L, const int* off, int Uall) {
   return Y;
 }
 
-// Quantised patch (lut: level of each 8-bit value) into the padded buffer (sentinel L around it).
+// Quantised patch (lut: level of each 8-bit value) into the padded buffer (sentinel L around it;
+// with L = 256 the padding reads as 0 and count_ranges never reads it).
 inline void fill_padded(const uint8_t* src, int64_t sh, int64_t sw, const uint8_t* lut, const Layout& Y,
                         uint8_t* pb) {
   std::memset(pb, Y.L, (size_t)Y.W * Y.H);
@@ -188,6 +189,23 @@ inline void count_paper(const uint8_t* pb, uint16_t* tab) {
 #endif
 }
 
+// levels == 256: no uint8 sentinel exists; loop over each offset's valid rectangle instead.
+template <typename T>
+inline void count_ranges(const uint8_t* pb, const Layout& Y, T* tab) {
+  const int P = Y.P, W = Y.W, RS = Y.RS;
+  for (int u = 0; u < Y.U; ++u) {
+    const int dr = Y.dr[u], dc = Y.dc[u];
+    const int r0 = std::max(0, -dr), r1 = std::min(P, P - dr);
+    const int c0 = std::max(0, -dc), c1 = std::min(P, P - dc);
+    T* t = tab + u * Y.TS;
+    for (int r = r0; r < r1; ++r) {
+      const uint8_t* a = pb + (int64_t)(r + Y.top) * W + Y.left;
+      const uint8_t* b = a + Y.delta[u];
+      for (int c = c0; c < c1; ++c) ++t[(int64_t)a[c] * RS + b[c]];
+    }
+  }
+}
+
 template <typename T>
 inline void count_tables(const uint8_t* pb, const Layout& Y, bool paper, T* tab) {
   if constexpr (sizeof(T) == 2) {
@@ -195,6 +213,10 @@ inline void count_tables(const uint8_t* pb, const Layout& Y, bool paper, T* tab)
       count_paper(pb, tab);
       return;
     }
+  }
+  if (Y.L > 255) {
+    count_ranges<T>(pb, Y, tab);
+    return;
   }
   count_generic<T>(pb, Y, tab);
 }

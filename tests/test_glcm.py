@@ -521,3 +521,22 @@ def test_triton_offsets_per_program(use_path, monkeypatch, g, seed):
                      reduction="none")
     ref = _ref_scores(img, 32, patch=16, levels=16, distances=dist, angles=ang)
     np.testing.assert_allclose(s.cpu().numpy(), ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_many_levels_and_large_patch(use_path, path, seed):
+    """256 levels (tiled level blocks in Triton) and, on the CPU paths, a 256x256 patch (counts
+    above 65535 cells: 32-bit tables in C++)."""
+    dev = use_path(path)
+    rng = np.random.default_rng(seed)
+    tiny = path == "triton" and not _HAS_CUDA
+    patch = 16 if tiny else 256
+    img = rng.integers(0, 256, (patch, patch)).astype(np.uint8)
+    img[: patch // 2] = img[: patch // 2] // 128 * 200    # two levels in the top half
+    dist, ang = (1, 5), (0.0, 1.0)
+    c = G.glcm(torch.from_numpy(img).to(dev), patch=patch, distances=dist, angles=ang, levels=256)
+    np.testing.assert_array_equal(c.cpu().numpy(), R.glcm_counts(img, patch, dist, ang, 256))
+    s = G.glcm_score(torch.from_numpy(img).to(dev), size=patch, patch=patch, levels=256, distances=dist,
+                     angles=ang, reduction="none")
+    ref = _ref_scores(img, patch, patch=patch, levels=256, distances=dist, angles=ang)
+    np.testing.assert_allclose(s.cpu().numpy(), ref, rtol=0, atol=1e-12)
