@@ -540,3 +540,20 @@ def test_many_levels_and_large_patch(use_path, path, seed):
                      angles=ang, reduction="none")
     ref = _ref_scores(img, patch, patch=patch, levels=256, distances=dist, angles=ang)
     np.testing.assert_allclose(s.cpu().numpy(), ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_one_and_two_levels_and_empty_batch(use_path, path, seed):
+    dev = use_path(path)
+    img = np.random.default_rng(seed).integers(0, 256, (32, 32)).astype(np.uint8)
+    for lv in (1, 2):
+        s = G.glcm_score(torch.from_numpy(img).to(dev), size=32, patch=16, levels=lv, reduction="none")
+        np.testing.assert_allclose(s.cpu().numpy(), _ref_scores(img, 32, patch=16, levels=lv), rtol=0, atol=1e-12)
+        q = (img.astype(np.int32) // (256 // lv)).astype(np.uint8)
+        c = G.glcm(torch.from_numpy(q).to(dev), patch=16, levels=lv)
+        np.testing.assert_array_equal(c.cpu().numpy(),
+                                      R.glcm_counts(q, 16, G.PAPER_DISTANCES, G.PAPER_ANGLES, lv))
+    empty = torch.zeros(0, 64, 64, dtype=torch.uint8, device=dev)
+    assert G.glcm_score(empty, size=64, reduction="none").shape == (0, 1)
+    assert G.glcm_score(empty, size=64).shape == (0,)
+    assert G.glcm(empty).shape == (0, 1, 4, 4, 64, 64)

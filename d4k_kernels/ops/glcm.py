@@ -189,7 +189,7 @@ def _torch_counts(g: torch.Tensor, plan: _Plan, qdiv: int) -> torch.Tensor:
     cs = _chunk_size(plan)
     for s in range(0, x.shape[0], cs):
         out[s:s + cs] = _torch_counts_chunk(x[s:s + cs], plan)
-    return out.view(g.shape[0], -1, len(plan.uoffsets), L, L)
+    return out.view(g.shape[0], _num_patches(g, plan.patch), len(plan.uoffsets), L, L)
 
 
 def _entropy_from_counts(cnt: torch.Tensor, plan: _Plan, tables) -> torch.Tensor:
@@ -222,7 +222,7 @@ def _torch_scores(g: torch.Tensor, plan: _Plan, qdiv: int) -> torch.Tensor:
     cs = _chunk_size(plan)
     for s in range(0, x.shape[0], cs):
         out[s:s + cs] = _entropy_from_counts(_torch_counts_chunk(x[s:s + cs], plan), plan, tables)
-    return out.view(g.shape[0], -1)
+    return out.view(g.shape[0], _num_patches(g, plan.patch))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -260,7 +260,7 @@ def _cpu_counts(g, plan, qdiv):
         return _torch_counts(g, plan, qdiv)
     _, _, _, offs = _device_tables(plan, g.device)
     out = ext.glcm_counts(_as_u8(g), plan.patch, offs, plan.levels, qdiv)
-    return out.view(g.shape[0], -1, len(plan.uoffsets), plan.levels, plan.levels)
+    return out.view(g.shape[0], _num_patches(g, plan.patch), len(plan.uoffsets), plan.levels, plan.levels)
 
 
 def _cpu_scores(g, plan, qdiv):
@@ -269,7 +269,7 @@ def _cpu_scores(g, plan, qdiv):
         return _torch_scores(g, plan, qdiv)
     keytab, mult, flog, offs = _device_tables(plan, g.device)
     out = ext.glcm_scores(_as_u8(g), plan.patch, offs, mult, keytab, flog, plan.levels, qdiv, plan.nkeys)
-    return out.view(g.shape[0], -1)
+    return out.view(g.shape[0], _num_patches(g, plan.patch))
 
 
 def _as_u8(g: torch.Tensor) -> torch.Tensor:
@@ -282,13 +282,15 @@ def _as_u8(g: torch.Tensor) -> torch.Tensor:
 def _triton_counts(g, plan, qdiv):
     from ._glcm_triton import triton_counts
 
-    return triton_counts(g, plan, qdiv).view(g.shape[0], -1, len(plan.uoffsets), plan.levels, plan.levels)
+    return triton_counts(g, plan, qdiv).view(g.shape[0], _num_patches(g, plan.patch), len(plan.uoffsets),
+                                             plan.levels, plan.levels)
 
 
 def _triton_scores(g, plan, qdiv):
     from ._glcm_triton import triton_scores
 
-    return triton_scores(g, plan, qdiv, _device_tables(plan, g.device)).view(g.shape[0], -1)
+    out = triton_scores(g, plan, qdiv, _device_tables(plan, g.device))
+    return out.view(g.shape[0], _num_patches(g, plan.patch))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ def patch_scores(
         raise ValueError(f"gray must be 2-D, got shape {gray.shape}")
     if gray.shape[0] < size or gray.shape[1] < size:
         raise ValueError(f"image {gray.shape[0]}x{gray.shape[1]} is smaller than size {size}")
-    q = (gray[:size, :size].astype(np.uint8) // (256 // levels)).astype(np.uint8)
+    q = (gray[:size, :size].astype(np.int32) // (256 // levels)).astype(np.uint8)
     out = []
     for i, p in enumerate(patch_grid(q, patch)):
         if max_patches is not None and i >= max_patches:
