@@ -13,10 +13,11 @@ import types
 from typing import Optional
 
 
-def _install_pkg_resources_shim() -> None:
+def _pkg_resources_shim() -> Optional[types.ModuleType]:
+    """A stand-in module when the real pkg_resources is missing, else None."""
     try:
         import pkg_resources  # noqa: F401
-        return
+        return None
     except ImportError:
         pass
     import importlib.resources as ir
@@ -28,13 +29,26 @@ def _install_pkg_resources_shim() -> None:
 
     shim.resource_stream = resource_stream  # type: ignore[attr-defined]
     shim.__d4k_shim__ = True  # type: ignore[attr-defined]
-    sys.modules["pkg_resources"] = shim
+    return shim
 
 
 def import_pytorch_wavelets():
-    """``pytorch_wavelets`` (raises ImportError if it is not installed)."""
-    _install_pkg_resources_shim()
-    return importlib.import_module("pytorch_wavelets")
+    """``pytorch_wavelets`` (raises ImportError if it is not installed).
+
+    The stand-in is in ``sys.modules`` only while pytorch_wavelets is imported (its modules bind
+    ``resource_stream`` at import): left there, it would fool code that probes for the real
+    pkg_resources (pytest's ``monkeypatch.syspath_prepend`` calls its ``fixup_namespace_packages``)."""
+    if "pytorch_wavelets" in sys.modules:
+        return sys.modules["pytorch_wavelets"]
+    shim = _pkg_resources_shim()
+    if shim is None:
+        return importlib.import_module("pytorch_wavelets")
+    sys.modules["pkg_resources"] = shim
+    try:
+        return importlib.import_module("pytorch_wavelets")
+    finally:
+        if sys.modules.get("pkg_resources") is shim:
+            del sys.modules["pkg_resources"]
 
 
 def optional(name: str) -> Optional[types.ModuleType]:
