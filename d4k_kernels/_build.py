@@ -124,6 +124,7 @@ def load_extension(
     sources: Sequence[str],
     *,
     ops_namespace: Optional[str] = None,
+    openmp: bool = False,
     extra_cflags: Sequence[str] = (),
     extra_cuda_cflags: Sequence[str] = (),
     extra_ldflags: Sequence[str] = (),
@@ -132,6 +133,9 @@ def load_extension(
 ):
     """Build (once) and import extension ``name`` from ``sources`` (paths like ``"csrc/x.cpp"``).
 
+    ``openmp=True`` compiles with -fopenmp (Linux): ATen's ``at::parallel_for`` is an inline OpenMP
+    loop, serial unless the extension itself is built with OpenMP; the loader then resolves
+    libgomp.so.1 to the copy torch already loaded, so ``torch.set_num_threads`` applies.
     With ``ops_namespace`` the sources register ops with ``TORCH_LIBRARY(<ops_namespace>, m)`` and a
     :class:`TorchLibrary` is returned; otherwise they define a pybind11 module, which is returned.
     ``None`` when building is disabled or fails (one warning per name) unless ``required``."""
@@ -141,7 +145,8 @@ def load_extension(
         if name in _failed and not required:
             return None
         try:
-            mod = _build(name, sources, list(extra_cflags), list(extra_cuda_cflags), list(extra_ldflags),
+            omp = ["-fopenmp"] if openmp and sys.platform.startswith("linux") else []
+            mod = _build(name, sources, omp + list(extra_cflags), list(extra_cuda_cflags), omp + list(extra_ldflags),
                          ops_namespace)
         except Exception as e:  # noqa: BLE001 - any failure means "use the fallback"
             reason = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"

@@ -91,7 +91,7 @@ def test_glcm_extension_is_built_once_and_cached(monkeypatch):
     monkeypatch.delenv("D4K_NO_EXT", raising=False)
     try:
         mod = _build.load_extension("glcm", ["csrc/glcm.cpp", "bindings/glcm.cpp"], ops_namespace="d4k_glcm",
-                                      required=True)
+                                      openmp=True, required=True)
     except _build.ExtensionError as e:
         pytest.skip(f"no working compiler here: {e}")
     so = mod.__file__
@@ -100,7 +100,7 @@ def test_glcm_extension_is_built_once_and_cached(monkeypatch):
     # a second load (new process state) reuses the cached build: same shared object, no rebuild
     _build._reset_for_tests()
     mod2 = _build.load_extension("glcm", ["csrc/glcm.cpp", "bindings/glcm.cpp"], ops_namespace="d4k_glcm",
-                                 required=True)
+                                 openmp=True, required=True)
     assert mod2.__file__ == so
     # the kernel runs: counts of a tiny image (offset (0, 1), 2 levels)
     g = torch.tensor([[[0, 1], [1, 1]]], dtype=torch.uint8)

@@ -234,7 +234,8 @@ _warned_fallback = False
 def _cpu_ext():
     from .._build import load_extension
 
-    return load_extension("glcm", ["csrc/glcm.cpp", "bindings/glcm.cpp"], ops_namespace="d4k_glcm", warn=False)
+    return load_extension("glcm", ["csrc/glcm.cpp", "bindings/glcm.cpp"], ops_namespace="d4k_glcm", openmp=True,
+                          warn=False)
 
 
 def _cpu_ext_or_warn():
