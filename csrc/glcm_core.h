@@ -263,10 +263,6 @@ inline void accumulate_table(T* t, const Layout& Y, const int32_t* keys, int64_t
   const int L = Y.L, RS = Y.RS;
   uint64_t z = 0, c1 = 0, c2 = 0, c3 = 0;
   int64_t nbig = 0;  // counts >= 4 staged in H.big (vector paths)
-  int64_t nvec = 0;  // cells visited by the AVX-512 loop (their zeros: nvec - c1 - c2 - c3 - big)
-#if defined(__AVX512BW__)
-  __m512i v1 = _mm512_setzero_si512(), v2 = _mm512_setzero_si512(), v3 = _mm512_setzero_si512();
-#endif
   for (int q1 = 0; q1 < L; ++q1) {
     T* row = t + (int64_t)q1 * RS;
     int c = 0;
@@ -286,12 +282,11 @@ inline void accumulate_table(T* t, const Layout& Y, const int32_t* keys, int64_t
       for (; c + 32 <= L; c += 32) {
         const __m512i v = _mm512_loadu_si512((const void*)(row + c));
         _mm512_storeu_si512((void*)(row + c), k0);  // zero while the line is hot
-        // per-lane tallies (at most L/32 * L per lane: fits 16 bits for L <= 256)
-        v1 = _mm512_mask_add_epi16(v1, _mm512_cmpeq_epi16_mask(v, k1), v1, k1);
-        v2 = _mm512_mask_add_epi16(v2, _mm512_cmpeq_epi16_mask(v, k2), v2, k1);
-        v3 = _mm512_mask_add_epi16(v3, _mm512_cmpeq_epi16_mask(v, k3), v3, k1);
-        const __mmask32 m = _mm512_cmpgt_epu16_mask(v, k3);
-        if (!m) continue;
+        z += __builtin_popcount((uint32_t)_mm512_cmpeq_epi16_mask(v, k0));
+        c1 += __builtin_popcount((uint32_t)_mm512_cmpeq_epi16_mask(v, k1));
+        c2 += __builtin_popcount((uint32_t)_mm512_cmpeq_epi16_mask(v, k2));
+        c3 += __builtin_popcount((uint32_t)_mm512_cmpeq_epi16_mask(v, k3));
+        const __mmask32 m = _mm512_cmpgt_epu16_mask(v, k3);  // (no early exit: unpredictable)
 #if defined(__AVX512VBMI2__)
         _mm512_mask_compressstoreu_epi16((void*)(H.big.data() + nbig), m, v);
         nbig += __builtin_popcount((uint32_t)m);
@@ -306,7 +301,6 @@ inline void accumulate_table(T* t, const Layout& Y, const int32_t* keys, int64_t
         }
 #endif
       }
-      nvec += c;
     }
 #elif defined(__AVX2__)
     if constexpr (sizeof(T) == 2) {
@@ -364,18 +358,6 @@ inline void accumulate_table(T* t, const Layout& Y, const int32_t* keys, int64_t
     }
     row[L] = 0;  // garbage column (partners outside the patch)
   }
-#if defined(__AVX512BW__)
-  if constexpr (sizeof(T) == 2) {
-    const __m512i ones = _mm512_set1_epi16(1);
-    const int64_t a1 = _mm512_reduce_add_epi32(_mm512_madd_epi16(v1, ones));
-    const int64_t a2 = _mm512_reduce_add_epi32(_mm512_madd_epi16(v2, ones));
-    const int64_t a3 = _mm512_reduce_add_epi32(_mm512_madd_epi16(v3, ones));
-    c1 += a1;
-    c2 += a2;
-    c3 += a3;
-    z += nvec - a1 - a2 - a3 - nbig;
-  }
-#endif
   for (int64_t k = 0; k < nbig; ++k) H.put(H.big[k]);
   acc.add(keys[0], mult * (int64_t)z);
   acc.add(keys[1], mult * (int64_t)c1);
