@@ -177,16 +177,19 @@ def _torch_counts_chunk(x: torch.Tensor, plan: _Plan) -> torch.Tensor:
     return torch.bincount(torch.cat(codes), minlength=b * U * L * L).view(b, U, L * L)
 
 
-def _chunk_size(plan: _Plan) -> int:
-    per = len(plan.uoffsets) * plan.levels * plan.levels * 8 * 3
-    return max(1, min(256, (64 << 20) // per))
+def _chunk_size(plan: _Plan, device: torch.device) -> int:
+    """Patches per chunk: on the CPU the temporaries of a chunk should stay in cache (~2 MB each;
+    4 patches measured ~1.8x faster than 48 here), on a GPU large chunks amortise launches."""
+    per = len(plan.uoffsets) * plan.levels * plan.levels * 8
+    budget = (2 << 20) if device.type == "cpu" else (64 << 20)
+    return max(1, min(256, budget // per))
 
 
 def _torch_counts(g: torch.Tensor, plan: _Plan, qdiv: int) -> torch.Tensor:
     x = _patches(g.to(torch.int64) // qdiv, plan.patch)
     L = plan.levels
     out = torch.empty(x.shape[0], len(plan.uoffsets), L * L, dtype=torch.int32, device=g.device)
-    cs = _chunk_size(plan)
+    cs = _chunk_size(plan, g.device)
     for s in range(0, x.shape[0], cs):
         out[s:s + cs] = _torch_counts_chunk(x[s:s + cs], plan)
     return out.view(g.shape[0], _num_patches(g, plan.patch), len(plan.uoffsets), L, L)
@@ -203,9 +206,11 @@ def _entropy_from_counts(cnt: torch.Tensor, plan: _Plan, tables) -> torch.Tensor
     dev = cnt.device
     keys = torch.gather(_keytab_long(plan, dev).unsqueeze(0).expand(b, -1, -1), 2, cnt)        # (B, U, LL)
     keys += (torch.arange(b, device=dev) * K).view(b, 1, 1)
-    w = mult.to(torch.float64).view(1, U, 1).expand(b, U, LL)
-    n = torch.bincount(keys.reshape(-1), weights=w.reshape(-1), minlength=b * K)          # exact integers
-    s = flog[n.to(torch.int64)].view(b, K).sum(1)
+    n = torch.bincount(keys.reshape(-1), minlength=b * K)
+    for m in sorted(set(plan.mult) - {1}):                  # offsets shared by m slices count m times
+        us = [u for u in range(U) if plan.mult[u] == m]
+        n += (m - 1) * torch.bincount(keys[:, us].reshape(-1), minlength=b * K)
+    s = flog[n].view(b, K).sum(1)
     T = plan.cells
     return math.log2(T) - s / T
 
@@ -219,7 +224,7 @@ def _torch_scores(g: torch.Tensor, plan: _Plan, qdiv: int) -> torch.Tensor:
     tables = _device_tables(plan, g.device)
     x = _patches(g.to(torch.int64) // qdiv, plan.patch)
     out = torch.empty(x.shape[0], dtype=torch.float64, device=g.device)
-    cs = _chunk_size(plan)
+    cs = _chunk_size(plan, g.device)
     for s in range(0, x.shape[0], cs):
         out[s:s + cs] = _entropy_from_counts(_torch_counts_chunk(x[s:s + cs], plan), plan, tables)
     return out.view(g.shape[0], _num_patches(g, plan.patch))
