@@ -435,6 +435,11 @@ for score in (True, False):
             comp(GT._glcm_tile_kernel, dict(P=P, L=L, BL=bl, BK=GT._bk(P, __import__("torch").device("cuda")),
                                             NB=nb, SCORE=score, G=g))
 comp(GT._flog_sum_kernel, dict(BLOCK=1024), {"out_ptr": "*fp64"})
+for score in (True, False):
+    for L, P in ((64, 64), (10, 16), (128, 32)):
+        plan = __import__("d4k_kernels.ops.glcm", fromlist=["_plan"])._plan(P, ((0, 1), (1, 1), (3, -3)), L)
+        llb, nb, bk = GT._hist_sizes(plan)
+        comp(GT._glcm_hist_kernel, dict(P=P, L=L, LLB=llb, NB=nb, BK=bk, SCORE=score))
 print("compiled")
 """
 
@@ -502,14 +507,15 @@ def test_cpp_threads_give_same_result(use_path, seed):
     assert torch.equal(one, two) and torch.equal(c1, c2)
 
 
-@pytest.mark.parametrize("g", [1, 2])
-def test_triton_offsets_per_program(use_path, monkeypatch, g, seed):
-    """Both launch variants (one or two offsets per program sharing the one-hot tile), with an
-    odd number of distinct offsets."""
+@pytest.mark.parametrize("kernel,g", [("hist", 1), ("dot", 1), ("dot", 2)])
+def test_triton_kernel_variants(use_path, monkeypatch, kernel, g, seed):
+    """Every Triton variant: the histogram kernel, the one-hot dot kernel with one or two offsets per
+    program (sharing the one-hot tile), with an odd number of distinct offsets."""
     from d4k_kernels.ops import _glcm_triton as GT
 
     dev = use_path("triton")
     monkeypatch.setattr(GT, "_G", g)
+    monkeypatch.setattr(GT, "_KERNEL", kernel)
     rng = np.random.default_rng(seed)
     q = rng.integers(0, 10, (1, 32, 48)).astype(np.uint8)
     dist, ang = (1, 2), (0.0, math.pi / 2, math.pi / 4)   # 5 distinct offsets
@@ -521,6 +527,12 @@ def test_triton_offsets_per_program(use_path, monkeypatch, g, seed):
                      reduction="none")
     ref = _ref_scores(img, 32, patch=16, levels=16, distances=dist, angles=ang)
     np.testing.assert_allclose(s.cpu().numpy(), ref, rtol=0, atol=1e-12)
+    # the paper's configuration on a constant and a natural patch
+    two = np.concatenate([np.full((64, 64), 77, np.uint8), data.camera()[200:264, 300:364]], 1)
+    s2 = G.glcm_score(torch.from_numpy(two).to(dev), size=64, reduction="none")
+    s2b = G.glcm_score(torch.from_numpy(np.ascontiguousarray(two[:, 64:])).to(dev), size=64, reduction="none")
+    np.testing.assert_allclose(s2.cpu().numpy(), _ref_scores(two, 64), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(s2b.cpu().numpy(), _ref_scores(two[:, 64:], 64), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("path", ALL_PATHS)

@@ -84,19 +84,28 @@ def cases(device: torch.device, quick: bool = False) -> List[Case]:
                 with backend.prefer("cpu"):
                     return G._torch_scores(x[:, :size, :size], G._plan(64, tuple(G.offsets_of(G.PAPER_DISTANCES, G.PAPER_ANGLES)), 64), 4)
 
-            def d4k_g2(x=x, size=size):
-                from ..ops import _glcm_triton as GT
+            def variant(kernel, g, x=x, size=size):
+                def fn():
+                    from ..ops import _glcm_triton as GT
 
-                old, GT._G = GT._G, 2
-                try:
-                    with backend.prefer("triton"):
-                        return G.glcm_score(x, size=size)
-                finally:
-                    GT._G = old
+                    old = GT._KERNEL, GT._G
+                    GT._KERNEL, GT._G = kernel, g
+                    try:
+                        with backend.prefer("triton"):
+                            return G.glcm_score(x, size=size)
+                    finally:
+                        GT._KERNEL, GT._G = old
+                return fn
 
-            out.append(Case(group, "d4k", d4k, bytes_moved=nbytes))
-            out.append(Case(group, "d4k (2 offsets/program)", d4k_g2, bytes_moved=nbytes,
-                            note="launch variant for tuning: D4K_GLCM_G=2"))
+            from ..ops import _glcm_triton as GT
+
+            default = (GT._KERNEL, GT._G)
+            out.append(Case(group, f"d4k ({GT._KERNEL} kernel)", d4k, bytes_moved=nbytes,
+                            note="default Triton kernel (D4K_GLCM_KERNEL / D4K_GLCM_G)"))
+            for (kern, g), label in [(("hist", 1), "d4k hist kernel"), (("dot", 1), "d4k one-hot dot kernel"),
+                                     (("dot", 2), "d4k one-hot dot, 2 offsets/program")]:
+                if (kern, g) != default and not quick:
+                    out.append(Case(group, label, variant(kern, g), bytes_moved=nbytes))
             out.append(Case(group, "torch (d4k fallback, GPU)", fallback, bytes_moved=nbytes))
             sub = 64 if quick else 256
             out += _skimage_case(group, imgs[:1], size, sub,

@@ -1,16 +1,19 @@
 """Triton kernels of ops/glcm.py (CUDA, or the CPU under the Triton interpreter).
 
-Counting without shared-memory atomics: the co-occurrence counts of one patch and one offset are a
-one-hot matrix product, C[i, j] = sum_p [q1_p == i] [q2_p == j] (pixels p whose partner is inside the
-patch), computed with ``tl.dot`` on int8 one-hot tiles with int32 accumulation: exact, no atomics, the
-(levels x levels) tile stays in registers. Levels above 64 are tiled over (i, j) blocks.
+Two ways to count without float atomics; D4K_GLCM_KERNEL=hist|dot picks one (default hist; the dot
+kernel also serves configurations whose bins do not fit shared memory, e.g. 256 levels):
 
-* ``glcm_counts``: one program per (patch, offset, i-block, j-block) writes its int32 tile.
-* ``glcm_scores``: the same program maps each count c of its tile to the id of the reduced fraction
-  c / N (a table lookup, no division) and adds the slice multiplicity to a per-patch integer array of
-  value multiplicities with integer atomics (cells with c = 0 are summed in the program and added
-  once); a second kernel sums flog[n] = n log2 n (float64 table) over that array per patch, and
-  torch finishes entropy = log2(T) - sum / T in float64. No sort, no float division, no float atomics.
+* hist (``_glcm_hist_kernel``): one program per (patch, offset); the counts are ``tl.histogram`` of
+  the pair codes q1 * L + q2 (Triton lowers it to shared-memory atomics), and for the score the
+  histogram of those counts, whose non-empty bins (tens) go to the fraction ids.
+* dot (``_glcm_tile_kernel``): C[i, j] = sum_p [q1_p == i] [q2_p == j] as an int8 one-hot ``tl.dot``
+  with int32 accumulation (exact; the tile stays in registers; wgmma on sm_90); optionally two offsets
+  per program share the one-hot tile of the first pixel. For the score each cell's count is mapped
+  to its fraction id by a table gather.
+
+Score: a per-patch int32 array of value multiplicities (fraction ids of c / N, merged across slices)
+is filled with relaxed integer atomics, a second kernel sums flog[n] = n log2 n (float64 table) per
+patch, and torch finishes entropy = log2(T) - sum / T in float64. No sort, no float division.
 """
 from __future__ import annotations
 
@@ -104,6 +107,59 @@ def _glcm_tile_kernel(
 
 
 @triton.jit
+def _glcm_hist_kernel(
+    g_ptr, s_n, s_h, s_w,               # image (N, H, W), element strides
+    off_ptr,                            # (U, 2) int32 offsets (row, col)
+    out_ptr,                            # counts (NP, U, L, L) int32, or nacc (NPc, K) int32
+    key_ptr, mult_ptr, key_stride, nkeys,
+    p0, ppi, pw, U, qdiv,
+    P: tl.constexpr, L: tl.constexpr, LLB: tl.constexpr, NB: tl.constexpr, BK: tl.constexpr,
+    SCORE: tl.constexpr,
+):
+    """Counts as a histogram of pair codes q1 * L + q2 (tl.histogram: shared-memory atomics), then
+    (SCORE) the histogram of those counts, whose non-empty bins go to the fraction ids."""
+    pid = tl.program_id(0)
+    u = tl.program_id(1)
+    patch = (p0 + pid).to(tl.int64)
+    img = patch // ppi
+    rem = patch % ppi
+    pr = rem // pw
+    pc = rem % pw
+    base = img * s_n + pr * P * s_h + pc * P * s_w
+    dr = tl.load(off_ptr + 2 * u)
+    dc = tl.load(off_ptr + 2 * u + 1)
+    hist = tl.zeros((LLB,), dtype=tl.int32)
+    nvalid = 0
+    for start in range(0, P * P, BK):
+        p = start + tl.arange(0, BK)
+        r = p // P
+        c = p % P
+        r2 = r + dr
+        c2 = c + dc
+        m = (p < P * P) & (r2 >= 0) & (r2 < P) & (c2 >= 0) & (c2 < P)
+        g1 = tl.load(g_ptr + base + r.to(tl.int64) * s_h + c.to(tl.int64) * s_w, mask=m, other=0)
+        g2 = tl.load(g_ptr + base + r2.to(tl.int64) * s_h + c2.to(tl.int64) * s_w, mask=m, other=0)
+        code = tl.where(m, (g1.to(tl.int32) // qdiv) * L + g2.to(tl.int32) // qdiv, 0)
+        hist += tl.histogram(code, LLB)
+        nvalid += tl.sum(m.to(tl.int32), axis=0)
+    b = tl.arange(0, LLB)
+    # pixels without a partner were counted in bin 0: take them out
+    hist -= tl.where(b == 0, (((P * P + BK - 1) // BK) * BK) - nvalid, 0)
+    if SCORE:
+        # bins >= L*L (power-of-two padding) hold 0: they are not cells
+        ch = tl.histogram(hist, NB)
+        nb = tl.arange(0, NB)
+        ch -= tl.where(nb == 0, LLB - L * L, 0)
+        keys = tl.load(key_ptr + u * key_stride + nb, mask=(nb < key_stride) & (ch > 0), other=0)
+        w = tl.load(mult_ptr + u)
+        row = out_ptr + pid.to(tl.int64) * nkeys
+        tl.atomic_add(row + keys, ch * w, mask=ch > 0, sem="relaxed")
+    else:
+        dst = out_ptr + ((patch * U + u) * L) * L
+        tl.store(dst + b, hist, mask=b < L * L)
+
+
+@triton.jit
 def _flog_sum_kernel(nacc_ptr, flog_ptr, out_ptr, p0, nkeys, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     row = nacc_ptr + pid.to(tl.int64) * nkeys
@@ -125,6 +181,22 @@ _G = int(os.environ.get("D4K_GLCM_G", "1"))
 _NUM_WARPS = int(os.environ.get("D4K_GLCM_WARPS", "8"))
 _BK = int(os.environ.get("D4K_GLCM_BK", "64"))  # pixels per one-hot tile (the K of the int8 dot) on a GPU
 _BK_INTERPRET = 1024  # under the interpreter fewer, larger numpy steps are much faster
+
+
+_KERNEL = os.environ.get("D4K_GLCM_KERNEL", "hist")   # "hist" (tl.histogram) or "dot" (one-hot int8 dot)
+_HIST_BK = 1024
+
+
+def _use_hist(plan) -> bool:
+    """The histogram kernel keeps L*L code bins and N+1 count bins in shared memory."""
+    llb = triton.next_power_of_2(plan.levels * plan.levels)
+    nb = triton.next_power_of_2(max(plan.totals) + 1)
+    return _KERNEL == "hist" and llb <= 16384 and nb <= 16384
+
+
+def _hist_sizes(plan):
+    return (triton.next_power_of_2(plan.levels * plan.levels), triton.next_power_of_2(max(plan.totals) + 1),
+            min(_HIST_BK, triton.next_power_of_2(plan.patch * plan.patch)))
 
 
 def _bk(patch: int, device: torch.device) -> int:
@@ -180,6 +252,13 @@ def triton_counts(g: torch.Tensor, plan, qdiv: int) -> torch.Tensor:
     if np_ == 0:
         return out
     offs = torch.tensor(plan.uoffsets, dtype=torch.int32, device=g.device).reshape(-1, 2)
+    if _use_hist(plan):
+        llb, nbins, hbk = _hist_sizes(plan)
+        _glcm_hist_kernel[(np_, U)](
+            g, g.stride(0), g.stride(1), g.stride(2), offs, out, offs, offs, 0, 0,
+            0, ppi, pw, U, qdiv, P=P, L=L, LLB=llb, NB=nbins, BK=hbk, SCORE=False, num_warps=_NUM_WARPS,
+        )
+        return out
     bl, nb = _tiles(L)
     bk = _bk(P, g.device)
     grid = (np_, triton.cdiv(U, _G), nb * nb)
@@ -209,7 +288,14 @@ def triton_scores(g: torch.Tensor, plan, qdiv: int, tables) -> torch.Tensor:
         nacc = torch.zeros((npc, K), dtype=torch.int32, device=g.device)
         if zeros_extra:
             nacc[:, 0] = zeros_extra
-        if kept:
+        if kept and _use_hist(plan):
+            llb, nbins, hbk = _hist_sizes(plan)
+            _glcm_hist_kernel[(npc, len(kept))](
+                g, g.stride(0), g.stride(1), g.stride(2), offs, nacc, kt, mu, kt.stride(0), K,
+                p0, ppi, pw, len(kept), qdiv, P=P, L=L, LLB=llb, NB=nbins, BK=hbk, SCORE=True,
+                num_warps=_NUM_WARPS,
+            )
+        elif kept:
             _glcm_tile_kernel[(npc, triton.cdiv(len(kept), _G), nb * nb)](
                 g, g.stride(0), g.stride(1), g.stride(2), offs, nacc, kt, mu, kt.stride(0), K,
                 p0, ppi, pw, len(kept), qdiv, P=P, L=L, BL=bl, BK=_bk(P, g.device), NB=nb, SCORE=True, G=_G,
