@@ -129,7 +129,7 @@ def _glcm_hist_kernel(
     dr = tl.load(off_ptr + 2 * u)
     dc = tl.load(off_ptr + 2 * u + 1)
     hist = tl.zeros((LLB,), dtype=tl.int32)
-    nvalid = 0
+    nv = tl.zeros((BK,), dtype=tl.int32)
     for start in range(0, P * P, BK):
         p = start + tl.arange(0, BK)
         r = p // P
@@ -141,7 +141,8 @@ def _glcm_hist_kernel(
         g2 = tl.load(g_ptr + base + r2.to(tl.int64) * s_h + c2.to(tl.int64) * s_w, mask=m, other=0)
         code = tl.where(m, (g1.to(tl.int32) // qdiv) * L + g2.to(tl.int32) // qdiv, 0)
         hist += tl.histogram(code, LLB)
-        nvalid += tl.sum(m.to(tl.int32), axis=0)
+        nv += m.to(tl.int32)
+    nvalid = tl.sum(nv, axis=0)
     b = tl.arange(0, LLB)
     # pixels without a partner were counted in bin 0: take them out
     hist -= tl.where(b == 0, (((P * P + BK - 1) // BK) * BK) - nvalid, 0)
