@@ -28,6 +28,7 @@ _EXPORTS = {
     "glcm": "d4k_kernels.ops.glcm",
     "glcm_score": "d4k_kernels.ops.glcm",
     "graycoprops": "d4k_kernels.ops.glcm",
+    "glcm_entropy": "d4k_kernels.ops.glcm",
     "compression_ratio": "d4k_kernels.metrics",
     # decoder tail kernels (ops/upconv.py, ops/groupnorm.py)
     "upconv_tail": "d4k_kernels.ops.upconv",
