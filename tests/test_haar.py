@@ -529,3 +529,44 @@ def test_cuda_over_2_31_elements(seed):
     rl, rh = ref.dwt2_ref(tail, 1, "symmetric")
     close(yl[1, 0, -2:, -3:], rl, rtol=2**-8, atol=1e-6)
     close(yh[0][1, 0, :, -2:, -3:], rh[0], rtol=2**-8, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# the two CPU implementations: the compiled levels (csrc/haar.cpp) and the torch fallback
+# ---------------------------------------------------------------------------------------------
+def test_compiled_cpu_levels_are_built_here():
+    """CI has a compiler and ninja: the "cpu" backend must run the C++ levels there (else the
+    fallback alone would be tested)."""
+    from d4k_kernels import _build
+
+    if _build.ext_disabled():
+        pytest.skip("D4K_NO_EXT=1")
+    assert haar._haar_ext(torch.zeros(1)) is not None, _build.failure("haar")
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["cpp", "torch-fallback"])
+@pytest.mark.parametrize("mode", MODES)
+def test_cpu_implementations_match_pywt(monkeypatch, seed, mode, compiled):
+    if not compiled:
+        monkeypatch.setattr(haar, "_haar_ext", lambda t: None)
+    elif haar._haar_ext(torch.zeros(1)) is None:
+        pytest.skip("compiled CPU levels unavailable")
+    with backend.prefer("cpu"):
+        for H, W in [(2, 2), (2, 7), (5, 2), (3, 3), (7, 9), (12, 10), random_shape(2, 40)]:
+            J = haar.max_levels(H, W)
+            x = torch.randn(3, H, W, dtype=torch.float64)
+            yl, yh = d4k_kernels.dwt2(x, levels=J, mode=mode)
+            pl, ph = pywt_dec(x, J, mode)
+            close(yl, pl, what=f"yl {H}x{W} J={J}")
+            for k, (a, b) in enumerate(zip(yh, ph)):
+                close(a, b, what=f"yh[{k}] {H}x{W} J={J}")
+            close(d4k_kernels.idwt2((yl, yh), mode=mode, output_size=(H, W)), x, what=f"roundtrip {H}x{W}")
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):
+            x = torch.randn(2, 4, 11, 14).to(dtype)
+            yl, yh = d4k_kernels.dwt2(x, levels=2, mode=mode)
+            pl, ph = pywt_dec(x.double(), 2, mode)
+            assert yl.dtype == dtype and all(d.dtype == dtype for d in yh)
+            tol = 1e-6 if dtype == torch.float32 else 1e-2
+            close(yl, pl, rtol=tol, atol=tol * 4, what=f"{dtype} yl")
+        x = torch.randn(2, 7, 6, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(lambda t: d4k_kernels.dwt2(t, levels=2, mode=mode)[1][0], (x,))

@@ -171,12 +171,27 @@ def _fwd_level_cpu(x: torch.Tensor, mode: str, out_dtype: torch.dtype):
     return ll, yh
 
 
+def _haar_ext(t: torch.Tensor):
+    """The compiled CPU levels (csrc/haar.cpp) for CPU tensors, else None (torch code runs).
+    Built with ninja at first use; D4K_NO_EXT=1 disables it, a failed build warns once."""
+    if t.device.type != "cpu":
+        return None
+    from .._build import load_extension
+
+    return load_extension("haar", ["csrc/haar.cpp", "bindings/haar.cpp"], ops_namespace="d4k_haar", openmp=True)
+
+
 def _dwt_cpu(x: torch.Tensor, levels: int, mode: str):
     acc = _acc_dtype(x.dtype)
     cur = x.to(acc)
+    ext = _haar_ext(x)
     yh = []
     for _ in range(levels):
-        cur, d = _fwd_level_cpu(cur, mode, x.dtype)
+        if ext is not None:   # every level's input is >= 2x2 (dwt2 checks), as the C++ code needs
+            cur, d = ext.dwt_level(cur.contiguous(), _MODE_ID[mode])
+            d = d.to(x.dtype)
+        else:
+            cur, d = _fwd_level_cpu(cur, mode, x.dtype)
         yh.append(d)
     return cur.to(x.dtype), yh
 
@@ -197,8 +212,12 @@ def _inv_level_cpu(ll: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
 def _idwt_cpu(yl: torch.Tensor, yh: Sequence[torch.Tensor], out_h: int, out_w: int, fold: str):
     acc = _acc_dtype(yl.dtype)
     cur = yl.to(acc)
+    ext = _haar_ext(yl)
     for k in reversed(range(len(yh))):
-        cur = _inv_level_cpu(cur, yh[k].to(acc))
+        if ext is not None:
+            cur = ext.idwt_level(cur.contiguous(), yh[k].to(acc).contiguous())
+        else:
+            cur = _inv_level_cpu(cur, yh[k].to(acc))
         n_h, n_w = (out_h, out_w) if k == 0 else yh[k - 1].shape[-2:]
         cur = _fold(cur, n_h, n_w, fold)
     return cur.to(yl.dtype).contiguous()   # custom-op outputs are contiguous (as the fake says)
