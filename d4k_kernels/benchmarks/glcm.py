@@ -106,7 +106,7 @@ def cases(device: torch.device, quick: bool = False) -> List[Case]:
                                      (("dot", 2), "d4k one-hot dot, 2 offsets/program")]:
                 if (kern, g) != default and not quick:
                     out.append(Case(group, label, variant(kern, g), bytes_moved=nbytes))
-            out.append(Case(group, "torch (d4k fallback, GPU)", fallback, bytes_moved=nbytes))
+            out.append(Case(group, "d4k torch fallback (GPU)", fallback, bytes_moved=nbytes))
             sub = 64 if quick else 256
             out += _skimage_case(group, imgs[:1], size, sub,
                                  f"skimage loop, {sub} patches (x{npatch // sub} = this group)")
@@ -132,7 +132,7 @@ def cases(device: torch.device, quick: bool = False) -> List[Case]:
     tx = x[:, :tsize, :tsize]
     plan = G._plan(64, tuple(G.offsets_of(G.PAPER_DISTANCES, G.PAPER_ANGLES)), 64)
     scale = npatch // ((tsize // 64) ** 2)
-    out.append(Case(group, "torch fallback 1 thread" + (f", {tsize}^2 crop (x{scale})" if scale > 1 else ""),
+    out.append(Case(group, "d4k torch fallback 1 thread" + (f", {tsize}^2 crop (x{scale})" if scale > 1 else ""),
                     _threads(1, lambda: G._torch_scores(tx, plan, 4)), bytes_moved=nbytes))
     out += _skimage_case(group, imgs, size, None, "skimage loop (whole image)")
     return out
