@@ -108,6 +108,22 @@ def fold_weights(conv_weight: torch.Tensor, partitioned: bool, dtype: torch.dtyp
 if triton is not None:
 
     @triton.jit
+    def _dot(v, w, acc, IEEE: tl.constexpr):
+        """acc + v @ w; fp32 operands in IEEE precision (no tf32)."""
+        if IEEE:
+            return tl.dot(v, w, acc, input_precision="ieee")
+        else:
+            return tl.dot(v, w, acc)
+
+    @triton.jit
+    def _activate(v, a, b, m, x_ptr, w_ptr):
+        """GroupNorm apply (per-channel scale a, shift b) + SiLU on a [BW, BC] block, zero outside ``m``;
+        rounded to the input dtype (as torch's 16-bit tail does), then to the dot operand dtype."""
+        v = v.to(tl.float32) * a[None, :] + b[None, :]
+        v = v * tl.sigmoid(v)
+        return tl.where(m, v, 0.0).to(x_ptr.dtype.element_ty).to(w_ptr.dtype.element_ty)
+
+    @triton.jit
     def _recompute_body(
         x_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, y_ptr,
         C, H, W, NCOL, KC, NPAD, ROWS,
@@ -165,31 +181,19 @@ if triton is not None:
                         v = tl.load(x_blk + xc.to(tl.int64)[:, None] * sxw + kc_off[None, :], mask=m, other=0.0)
                     else:
                         v = tl.load(x_blk + (xc * sxw)[:, None] + kc_off[None, :], mask=m, other=0.0)
-                    v = v.to(tl.float32) * a[None, :] + b[None, :]
-                    v = v * tl.sigmoid(v)
-                    # round to the input dtype (as torch's 16-bit tail does), then to the dot operand dtype
-                    v = tl.where(m, v, 0.0).to(x_ptr.dtype.element_ty).to(w_ptr.dtype.element_ty)
+                    v = _activate(v, a, b, m, x_ptr, w_ptr)
                     if D == 3:
                         w_a = tl.load(w_blk + (0 * D + dxi) * KC * NPAD)   # dy = -1: feeds output row r + 1
                         w_b = tl.load(w_blk + (1 * D + dxi) * KC * NPAD)   # dy =  0: output row r
                         w_c = tl.load(w_blk + (2 * D + dxi) * KC * NPAD)   # dy = +1: output row r - 1
-                        if IEEE:
-                            acc2 = tl.dot(v, w_a, acc2, input_precision="ieee")
-                            acc1 = tl.dot(v, w_b, acc1, input_precision="ieee")
-                            acc0 = tl.dot(v, w_c, acc0, input_precision="ieee")
-                        else:
-                            acc2 = tl.dot(v, w_a, acc2)
-                            acc1 = tl.dot(v, w_b, acc1)
-                            acc0 = tl.dot(v, w_c, acc0)
+                        acc2 = _dot(v, w_a, acc2, IEEE)
+                        acc1 = _dot(v, w_b, acc1, IEEE)
+                        acc0 = _dot(v, w_c, acc0, IEEE)
                     else:
                         w_a = tl.load(w_blk + (0 * D + dxi) * KC * NPAD)   # dy = -1: output row r + 1
                         w_b = tl.load(w_blk + (1 * D + dxi) * KC * NPAD)   # dy =  0: output row r
-                        if IEEE:
-                            acc1 = tl.dot(v, w_a, acc1, input_precision="ieee")
-                            acc0 = tl.dot(v, w_b, acc0, input_precision="ieee")
-                        else:
-                            acc1 = tl.dot(v, w_a, acc1)
-                            acc0 = tl.dot(v, w_b, acc0)
+                        acc1 = _dot(v, w_a, acc1, IEEE)
+                        acc0 = _dot(v, w_b, acc0, IEEE)
                 x_blk += BC * sxc
                 w_blk += BC * NPAD
             # output row `orow` is complete: add the bias and store its 2 x 2 blocks
@@ -278,28 +282,17 @@ if triton is not None:
                 b = tl.load(shift_ptr + n * C + cc, mask=cmask, other=0.0)
                 m = m_row[:, None] & cmask[None, :]
                 v = tl.load(x_blk + x_col[:, None] + kc_off[None, :], mask=m, other=0.0)
-                v = v.to(tl.float32) * a[None, :] + b[None, :]
-                v = v * tl.sigmoid(v)
-                v = tl.where(m, v, 0.0).to(x_ptr.dtype.element_ty).to(w_ptr.dtype.element_ty)
+                v = _activate(v, a, b, m, x_ptr, w_ptr)
                 w_a = tl.load(w_blk, mask=w_msk, other=0.0)                      # dy = -1: output row r + 1
                 w_b = tl.load(w_blk + D * KC * NPAD, mask=w_msk, other=0.0)      # dy =  0: output row r
                 if D == 3:
                     w_c = tl.load(w_blk + 2 * D * KC * NPAD, mask=w_msk, other=0.0)  # dy = +1: row r - 1
-                    if IEEE:
-                        acc2 = tl.dot(v, w_a, acc2, input_precision="ieee")
-                        acc1 = tl.dot(v, w_b, acc1, input_precision="ieee")
-                        acc0 = tl.dot(v, w_c, acc0, input_precision="ieee")
-                    else:
-                        acc2 = tl.dot(v, w_a, acc2)
-                        acc1 = tl.dot(v, w_b, acc1)
-                        acc0 = tl.dot(v, w_c, acc0)
+                    acc2 = _dot(v, w_a, acc2, IEEE)
+                    acc1 = _dot(v, w_b, acc1, IEEE)
+                    acc0 = _dot(v, w_c, acc0, IEEE)
                 else:
-                    if IEEE:
-                        acc1 = tl.dot(v, w_a, acc1, input_precision="ieee")
-                        acc0 = tl.dot(v, w_b, acc0, input_precision="ieee")
-                    else:
-                        acc1 = tl.dot(v, w_a, acc1)
-                        acc0 = tl.dot(v, w_b, acc0)
+                    acc1 = _dot(v, w_a, acc1, IEEE)
+                    acc0 = _dot(v, w_b, acc0, IEEE)
                 x_blk += BC * sxc
                 w_blk += BC * NPAD
             # output row `orow` is complete in acc0: shift-add the D column blocks through the scratch slot
