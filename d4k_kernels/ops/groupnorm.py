@@ -127,6 +127,20 @@ def channel_scale_shift(mean, rstd, weight, bias, num_groups, C, dtype=torch.flo
 if triton is not None:
 
     @triton.jit
+    def _chan_merge(cnt, mean, m2, nb, mb, m2b):
+        """Chan et al.'s merge of a running (count, mean, M2) with a block's (nb, mean mb, M2 m2b)."""
+        ntot = cnt + nb
+        delta = mb - mean
+        frac = nb / tl.maximum(ntot, 1.0)
+        return ntot, mean + delta * frac, m2 + m2b + delta * delta * cnt * frac
+
+    @triton.jit
+    def _store_partial(out, cnt, mean, m2):
+        tl.store(out, cnt)
+        tl.store(out + 1, mean)
+        tl.store(out + 2, m2)
+
+    @triton.jit
     def _gn_stats_kernel(
         x_ptr, part_ptr,
         C_G, GROUP_SIZE, sxn, sxc,
@@ -151,17 +165,8 @@ if triton is not None:
             nb = tl.sum(mask.to(tl.float32), axis=0)
             mb = tl.sum(v, axis=0) / tl.maximum(nb, 1.0)
             d = tl.where(mask, v - mb, 0.0)
-            m2b = tl.sum(d * d, axis=0)
-            ntot = cnt + nb
-            delta = mb - mean
-            frac = nb / tl.maximum(ntot, 1.0)
-            mean = mean + delta * frac
-            m2 = m2 + m2b + delta * delta * cnt * frac
-            cnt = ntot
-        out = part_ptr + (pid_ng.to(tl.int64) * N_PROGS + pid_b) * 3
-        tl.store(out, cnt)
-        tl.store(out + 1, mean)
-        tl.store(out + 2, m2)
+            cnt, mean, m2 = _chan_merge(cnt, mean, m2, nb, mb, tl.sum(d * d, axis=0))
+        _store_partial(part_ptr + (pid_ng.to(tl.int64) * N_PROGS + pid_b) * 3, cnt, mean, m2)
 
     @triton.jit
     def _gn_stats_rows_kernel(
@@ -197,17 +202,8 @@ if triton is not None:
                 nb = tl.sum(tl.sum(mask.to(tl.float32), axis=1), axis=0)
                 mb = tl.sum(tl.sum(v, axis=1), axis=0) / tl.maximum(nb, 1.0)
                 d = tl.where(mask, v - mb, 0.0)
-                m2b = tl.sum(tl.sum(d * d, axis=1), axis=0)
-                ntot = cnt + nb
-                delta = mb - mean
-                frac = nb / tl.maximum(ntot, 1.0)
-                mean = mean + delta * frac
-                m2 = m2 + m2b + delta * delta * cnt * frac
-                cnt = ntot
-        out = part_ptr + (pid_ng.to(tl.int64) * N_PROGS + pid_b) * 3
-        tl.store(out, cnt)
-        tl.store(out + 1, mean)
-        tl.store(out + 2, m2)
+                cnt, mean, m2 = _chan_merge(cnt, mean, m2, nb, mb, tl.sum(tl.sum(d * d, axis=1), axis=0))
+        _store_partial(part_ptr + (pid_ng.to(tl.int64) * N_PROGS + pid_b) * 3, cnt, mean, m2)
 
     @triton.jit
     def _gn_apply_kernel(

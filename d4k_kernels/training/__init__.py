@@ -16,12 +16,4 @@ from .flow_matching import (
     wlf_training_step,
 )
 
-__all__ = [
-    "FlowMatchingWLFStep",
-    "WLFStepOutput",
-    "wlf_training_step",
-    "pack_latents",
-    "unpack_latents",
-    "latent_image_ids",
-    "model_family",
-]
+from .flow_matching import __all__  # noqa: E402,F811  (one list of public names)
