@@ -185,7 +185,6 @@ if backend.HAS_TRITON:
         of compiled variants small: a ones tensor stands for "no weighting" / "upstream gradient 1").
         Also writes the forward's per-tile energy partials (used when forward and gradient run as one
         pass; cheap enough to write always, which halves the compiled variants)."""
-        """"""
         plane = tl.program_id(0)
         n = (plane // C).to(tl.int64)
         c = (plane % C).to(tl.int64)
