@@ -2,12 +2,14 @@
 # One script for a lent GPU (H100/H200): the CUDA tests and the 4K benchmarks in under 5 minutes,
 # a short table last. Usage on the device machine (from the repo root):
 #     bash bench/gpu_check.sh            # carry .whl (bench/fetch_gpu_wheels.sh) for the peers
-# Full logs and JSON go to $OUT (the device tool brings them back); copy the numbers into
+# Logs and JSON are written to a work folder as the steps go and packed into $OUT/gpu_check.tgz at the
+# end (the device tool brings back at most 8 files), beside $OUT/summary.txt; copy the numbers into
 # bench/RESULTS.md with the device and date.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-/tmp/d4k-gpu-out}
-mkdir -p "$OUT"
+FINAL=${OUT:-/tmp/d4k-gpu-out}
+OUT=$(mktemp -d /tmp/d4k-gpu-work.XXXX)
+mkdir -p "$FINAL"
 export PYTHONUNBUFFERED=1
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -21,29 +23,37 @@ export D4K_TEST_INTERPRET=0   # CUDA tensors run the compiled kernels
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 } | tee "$OUT/device.txt"
 
-# 1. the CUDA tests: every test parametrised on ('triton', 'cuda') plus the cuda-marked ones;
-#    8 workers so that the many Triton/inductor compiles run on the 16 host cores in parallel
-timeout 100 python3 -m pytest -q -n 8 -p no:cacheprovider tests -k "cuda" 2>&1 | tee "$OUT/tests_cuda.log" | tail -n 15
+# The whole script keeps to a deadline (D4K_GPU_BUDGET seconds, default 380): each step gets its own
+# limit or what is left, whichever is smaller, and every step leaves its log/JSON under $OUT as it goes.
+T0=$(date +%s); BUDGET=${D4K_GPU_BUDGET:-380}
+left() { local l=$(( BUDGET - ($(date +%s) - T0) )); (( l < $1 )) && echo $(( l > 5 ? l : 5 )) || echo "$1"; }
+
+# 1. the CUDA tests: every test parametrised on ('triton', 'cuda'), the cuda-marked ones and the GLCM
+#    paths (triton runs on CUDA there); 8 workers so the Triton/inductor compiles use the host cores
+timeout "$(left 150)" python3 -m pytest -q -n 8 -p no:cacheprovider -p no:benchmark tests -k "cuda or triton or glcm" 2>&1 \
+  | tee "$OUT/tests_cuda.log" | tail -n 25
 tests_rc=${PIPESTATUS[0]}
 
-# 2. the 4K benchmarks, one table per op family (d4k beside its peers), JSON for RESULTS.md
+# 2. the 4K benchmarks, one table per op family (d4k beside its peers); JSON rows are written after every
+#    group, so a family stopped by its limit keeps what it finished
 bench_rc=0
-# per-family time limits (s): the whole script stays under 5 minutes
-declare -A LIMIT=([haar]=60 [wavelet_loss]=45 [upconv]=60 [glcm]=60)
-for op in haar wavelet_loss upconv glcm; do
-  timeout "${LIMIT[$op]}" python3 -m d4k_kernels.cli bench --device cuda --op "$op" --json "$OUT/bench_$op.json" \
-    > "$OUT/bench_$op.log" 2>&1 || { echo "bench $op failed (rc $?), see bench_$op.log"; bench_rc=1; }
+declare -A LIMIT=([haar]=70 [wavelet_loss]=70 [upconv]=60 [glcm]=45)
+for op in ${D4K_GPU_OPS:-wavelet_loss haar upconv glcm}; do
+  timeout "$(left "${LIMIT[$op]}")" python3 -m d4k_kernels.cli bench --device cuda --op "$op" --json "$OUT/bench_$op.json" \
+    > "$OUT/bench_$op.log" 2>&1 || { echo "bench $op stopped (rc $?), see bench_$op.log"; bench_rc=1; }
 done
-# VAE decodes take seconds each: one table of time and peak memory (untiled, diffusers tiled, exact tiled,
-# SC-VAE F16, Flux 8192^2) instead of the repeated-timing runner
-timeout 75 python3 -m d4k_kernels.benchmarks.vae --device cuda > "$OUT/vae_memory.log" 2>&1 \
-  || { echo "vae memory table failed (rc $?), see vae_memory.log"; bench_rc=1; }
+# 3. VAE decodes take seconds each: one table of time and peak memory (untiled, diffusers tiled, exact
+#    tiled, SC-VAE F16, Flux 8192^2 last) instead of the repeated-timing runner
+timeout "$(left 110)" python3 -m d4k_kernels.benchmarks.vae --device cuda > "$OUT/vae_memory.log" 2>&1 \
+  || { echo "vae memory table stopped (rc $?), see vae_memory.log"; bench_rc=1; }
 
+{
 echo
-echo "=== d4k gpu_check: $(head -n 2 "$OUT/device.txt" | tail -n 1) ==="
-echo "CUDA tests: $(grep -E 'passed|failed|error' "$OUT/tests_cuda.log" | tail -n 1) (rc $tests_rc)"
-for op in haar wavelet_loss upconv glcm; do
-  sed -n '/^summary/,$p' "$OUT/bench_$op.log" 2>/dev/null | grep -v '^summary' || true
-done
-tail -n 12 "$OUT/vae_memory.log" 2>/dev/null || true
+echo "=== d4k gpu_check: $(sed -n 2p "$OUT/device.txt"), $(( $(date +%s) - T0 )) s ==="
+echo "CUDA tests: $(grep -E '[0-9]+ (passed|failed)' "$OUT/tests_cuda.log" | tail -n 1) (rc $tests_rc)"
+grep -E '^(FAILED|ERROR)' "$OUT/tests_cuda.log" | cut -c1-150 | head -n 12
+python3 -c "import sys; from d4k_kernels.benchmarks import summary_from_json as s; s(sys.argv[1:])" "$OUT"/bench_*.json
+grep -v Warning "$OUT/vae_memory.log" 2>/dev/null | tail -n 10
+} 2>&1 | tee "$FINAL/summary.txt"
+tar -czf "$FINAL/gpu_check.tgz" -C "$OUT" .
 exit $(( tests_rc || bench_rc ))

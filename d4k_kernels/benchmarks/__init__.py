@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import os
 import statistics
 import sys
 import time
@@ -121,11 +122,17 @@ def main(ops=None, device: str = "auto", quick: bool = False, json_path: Optiona
                 row["pct_bw"] = 100.0 * c.bytes_moved / (ms * 1e-3) / 1e9 / bw
             rows.append(row)
         _print_group(group, [r for r in rows if r["group"] == group])
+        if json_path:  # after every group: a run stopped by a time limit keeps the groups it finished
+            _write_json(json_path, {"device": name, "torch": torch.__version__, "copy_GBps": bw, "rows": rows})
     _print_summary(rows)
-    if json_path:
-        with open(json_path, "w") as f:
-            json.dump({"device": name, "torch": torch.__version__, "copy_GBps": bw, "rows": rows}, f, indent=1)
     return 0
+
+
+def _write_json(path: str, payload: Dict) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=1)
+    os.replace(tmp, path)
 
 
 def _print_group(group: str, rows: List[Dict]) -> None:
@@ -157,3 +164,15 @@ def _print_summary(rows: List[Dict]) -> None:
         if d and "pct_bw" in d:
             line += f"{d['pct_bw']:>6.1f}%"
         print(line)
+
+
+def summary_from_json(paths: Sequence[str]) -> None:
+    """The summary table of one or more ``--json`` files (those written so far, after a time limit)."""
+    rows: List[Dict] = []
+    for p in paths:
+        try:
+            with open(p) as f:
+                rows += json.load(f)["rows"]
+        except (OSError, ValueError, KeyError) as e:
+            print(f"  ({p}: {type(e).__name__})")
+    _print_summary(rows)
