@@ -30,7 +30,7 @@ left() { local l=$(( BUDGET - ($(date +%s) - T0) )); (( l < $1 )) && echo $(( l 
 
 # 1. the CUDA tests: every test parametrised on ('triton', 'cuda'), the cuda-marked ones and the GLCM
 #    paths (triton runs on CUDA there); 8 workers so the Triton/inductor compiles use the host cores
-timeout "$(left 150)" python3 -m pytest -q -n 8 -p no:cacheprovider -p no:benchmark tests -k "cuda or triton or glcm" 2>&1 \
+timeout "$(left 150)" python3 -m pytest -q -n 8 -p no:cacheprovider -p no:benchmark tests -k "${D4K_GPU_TESTS:-cuda or triton or glcm}" -rf 2>&1 \
   | tee "$OUT/tests_cuda.log" | tail -n 25
 tests_rc=${PIPESTATUS[0]}
 
@@ -42,9 +42,14 @@ for op in ${D4K_GPU_OPS:-wavelet_loss haar upconv glcm}; do
   timeout "$(left "${LIMIT[$op]}")" python3 -m d4k_kernels.cli bench --device cuda --op "$op" --json "$OUT/bench_$op.json" \
     > "$OUT/bench_$op.log" 2>&1 || { echo "bench $op stopped (rc $?), see bench_$op.log"; bench_rc=1; }
 done
-# 3. VAE decodes take seconds each: one table of time and peak memory (untiled, diffusers tiled, exact
-#    tiled, SC-VAE F16, Flux 8192^2 last) instead of the repeated-timing runner
-timeout "$(left 110)" python3 -m d4k_kernels.benchmarks.vae --device cuda > "$OUT/vae_memory.log" 2>&1 \
+# 3. where the eager time of the WLF goes (host launch costs vs kernels), when asked for
+if [[ "${D4K_GPU_PROFILE:-0}" == 1 ]]; then
+  timeout "$(left 40)" python3 bench/gpu_profile_wlf.py > "$OUT/profile_wlf.log" 2>&1 || echo "wlf profile stopped (rc $?)"
+fi
+# 4. VAE decodes take seconds each: one table of time, peak memory and PSNR against the untiled decode
+#    (untiled, diffusers tiled, exact tiled, SC-VAE F16, Flux 8192^2 last) instead of the repeated-timing
+#    runner; D4K_GPU_VAE_ARGS adds e.g. "--tiles 128,256 --only REGEX"
+timeout "$(left 110)" python3 -m d4k_kernels.benchmarks.vae --device cuda ${D4K_GPU_VAE_ARGS:-} > "$OUT/vae_memory.log" 2>&1 \
   || { echo "vae memory table stopped (rc $?), see vae_memory.log"; bench_rc=1; }
 
 {
@@ -53,7 +58,8 @@ echo "=== d4k gpu_check: $(sed -n 2p "$OUT/device.txt"), $(( $(date +%s) - T0 ))
 echo "CUDA tests: $(grep -E '[0-9]+ (passed|failed)' "$OUT/tests_cuda.log" | tail -n 1) (rc $tests_rc)"
 grep -E '^(FAILED|ERROR)' "$OUT/tests_cuda.log" | cut -c1-150 | head -n 12
 python3 -c "import sys; from d4k_kernels.benchmarks import summary_from_json as s; s(sys.argv[1:])" "$OUT"/bench_*.json
-grep -v Warning "$OUT/vae_memory.log" 2>/dev/null | tail -n 10
+[[ -f "$OUT/profile_wlf.log" ]] && grep -E "^(empty|torch.add|\()" "$OUT/profile_wlf.log"
+grep -v Warning "$OUT/vae_memory.log" 2>/dev/null | tail -n 12
 } 2>&1 | tee "$FINAL/summary.txt"
 tar -czf "$FINAL/gpu_check.tgz" -C "$OUT" .
 exit $(( tests_rc || bench_rc ))

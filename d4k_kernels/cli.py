@@ -17,11 +17,14 @@ def _add_bench(sub) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     p.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--no-graphs", action="store_true",
+                   help="CUDA: skip the second timing of each case as CUDA-graph replays")
 
     def run(args) -> int:
         from .benchmarks import main as bench_main
 
-        return bench_main(ops=args.op, device=args.device, quick=args.quick, json_path=args.json)
+        return bench_main(ops=args.op, device=args.device, quick=args.quick, json_path=args.json,
+                          graphs=not args.no_graphs)
 
     p.set_defaults(func=run)
 

@@ -298,7 +298,7 @@ def test_glcm_score_image_tensors_match_paper_loop(seed, backend_device):
     refs = [ref_score_gray(cv2.cvtColor(rgb[k], cv2.COLOR_RGB2GRAY), SIZE) for k in range(2)]
     t = torch.from_numpy(rgb).to(dev)
     got = glcm_score_image(t.permute(0, 3, 1, 2), size=SIZE)          # (N,3,H,W) RGB, non-contiguous
-    assert got.dtype == torch.float64 and got.shape == (2,) and got.device == dev
+    assert got.dtype == torch.float64 and got.shape == (2,) and got.device.type == dev.type
     got = got.cpu()
     assert torch.allclose(got, torch.tensor(refs, dtype=torch.float64), rtol=0, atol=1e-12)
     g = torch.from_numpy(np.stack([cv2.cvtColor(rgb[k], cv2.COLOR_RGB2GRAY) for k in range(2)]))

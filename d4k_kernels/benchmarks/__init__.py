@@ -31,6 +31,7 @@ class Case:
     fn: Callable[[], object]        # runs the work once (no synchronisation needed)
     bytes_moved: Optional[int] = None  # fewest bytes the work must move (inputs once + outputs once)
     note: str = ""
+    graph: bool = True              # CUDA: also time replays of a CUDA graph of fn (False: host work)
 
     @property
     def is_d4k(self) -> bool:
@@ -64,6 +65,30 @@ def time_case(fn: Callable[[], object], device: torch.device, quick: bool = Fals
     return statistics.median(times)
 
 
+def time_graph(fn: Callable[[], object], quick: bool = False) -> float:
+    """CUDA only: median time (ms) of replaying a CUDA graph captured from one call of ``fn``.
+
+    Eager timings of small GPU work measure the host (Python, dispatch, kernel launches: ~20 us per
+    launch was seen on the lent, virtualised H200); a graph replay launches the same kernels with
+    the host out of the way, which is what a training step captured in a graph (or a host that keeps
+    ahead of the GPU) sees. Warm-up runs on a side stream, as torch.cuda.graphs asks."""
+    from triton.testing import do_bench
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    return float(do_bench(graph.replay, warmup=10 if quick else 25, rep=30 if quick else 100,
+                          return_mode="median"))
+
+
 def copy_bandwidth(device: torch.device) -> Optional[float]:
     """Measured device-to-device copy bandwidth in GB/s (read + write), CUDA only."""
     if device.type != "cuda":
@@ -91,7 +116,8 @@ def collect(ops: Optional[Sequence[str]], device: torch.device, quick: bool) -> 
     return out
 
 
-def main(ops=None, device: str = "auto", quick: bool = False, json_path: Optional[str] = None) -> int:
+def main(ops=None, device: str = "auto", quick: bool = False, json_path: Optional[str] = None,
+         graphs: bool = True) -> int:
     dev = resolve_device(device)
     bw = copy_bandwidth(dev)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
@@ -112,14 +138,24 @@ def main(ops=None, device: str = "auto", quick: bool = False, json_path: Optiona
                 ms = time_case(c.fn, dev, quick)
                 err = ""
             except Exception as e:  # a peer failing (e.g. compile) must not stop the table
-                ms, err = float("nan"), f"{type(e).__name__}: {str(e).splitlines()[0][:60] if str(e) else ''}"
-            res.append((c, ms, err))
-        d4k_ms = next((ms for c, ms, _ in res if c.is_d4k), float("nan"))
-        for c, ms, err in res:
+                ms, err = float("nan"), _short(e)
+            gms = None
+            if dev.type == "cuda" and c.graph and ms == ms and graphs:
+                try:
+                    gms = time_graph(c.fn, quick)
+                except Exception as e:  # not capturable (host syncs, CPU work): eager time only
+                    gms, err = float("nan"), (err + " " if err else "") + "graph: " + _short(e)
+                    torch.cuda.synchronize()
+            res.append((c, ms, gms, err))
+        d4k_ms = next((ms for c, ms, _, _ in res if c.is_d4k), float("nan"))
+        for c, ms, gms, err in res:
             row = {"group": group, "impl": c.impl, "ms": ms, "vs_d4k": ms / d4k_ms if d4k_ms == d4k_ms else None,
                    "bytes": c.bytes_moved, "error": err}
-            if bw and c.bytes_moved and ms == ms:
-                row["pct_bw"] = 100.0 * c.bytes_moved / (ms * 1e-3) / 1e9 / bw
+            if gms is not None:
+                row["graph_ms"] = gms
+            t = gms if gms is not None and gms == gms else ms
+            if bw and c.bytes_moved and t == t:
+                row["pct_bw"] = 100.0 * c.bytes_moved / (t * 1e-3) / 1e9 / bw
             rows.append(row)
         _print_group(group, [r for r in rows if r["group"] == group])
         if json_path:  # after every group: a run stopped by a time limit keeps the groups it finished
@@ -135,19 +171,30 @@ def _write_json(path: str, payload: Dict) -> None:
     os.replace(tmp, path)
 
 
+def _short(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:60] if str(e) else ''}"
+
+
 def _print_group(group: str, rows: List[Dict]) -> None:
     print(f"\n{group}")
     for r in rows:
         ms = f"{r['ms']:10.4f} ms" if r["ms"] == r["ms"] else "     failed"
         ratio = f"{r['vs_d4k']:7.2f}x" if r.get("vs_d4k") and r["ms"] == r["ms"] else "        "
+        g = r.get("graph_ms")
+        gs = (f"  graph {g:9.4f} ms" if g == g else "  graph    failed") if g is not None else ""
         bw = f"{r['pct_bw']:5.1f}% bw" if "pct_bw" in r else ""
-        print(f"  {r['impl']:<24}{ms}  {ratio} {bw} {r['error']}".rstrip(), flush=True)
+        print(f"  {r['impl']:<24}{ms}  {ratio}{gs} {bw} {r['error']}".rstrip(), flush=True)
 
 
 def _print_summary(rows: List[Dict]) -> None:
-    """One line per group: d4k's time, the fastest peer, and how many times faster d4k is."""
-    print("\nsummary (median ms; speed-up = fastest peer / d4k)")
-    print(f"  {'group':<44}{'d4k':>10}  {'fastest peer':<22}{'peer':>10}{'speed-up':>10}{'%bw':>7}")
+    """One line per group: d4k's time, the fastest peer, and how many times faster d4k is; on CUDA
+    also the same under CUDA-graph replay (host launch costs out of the way)."""
+    has_g = any("graph_ms" in r for r in rows)
+    print("\nsummary (median ms; speed-up = fastest peer / d4k" + ("; (g): CUDA-graph replay" if has_g else "") + ")")
+    head = f"  {'group':<44}{'d4k':>10}  {'fastest peer':<22}{'peer':>10}{'speed-up':>10}"
+    if has_g:
+        head += f"{'d4k(g)':>10}{'peer(g)':>10}{'x(g)':>8}"
+    print(head + f"{'%bw':>7}")
     groups: Dict[str, List[Dict]] = {}
     for r in rows:
         groups.setdefault(r["group"], []).append(r)
@@ -161,6 +208,14 @@ def _print_summary(rows: List[Dict]) -> None:
             line += f"{best['impl'][:21]:<22}{best['ms']:>10.4f}{best['ms'] / dms:>9.2f}x"
         else:
             line += f"{'-':<22}{'':>10}{'':>10}"
+        if has_g:
+            dg = d.get("graph_ms", float("nan")) if d else float("nan")
+            gp = [r for r in peers if r.get("graph_ms", float("nan")) == r.get("graph_ms", float("nan"))
+                  and "graph_ms" in r]
+            bg = min(gp, key=lambda r: r["graph_ms"]) if gp else None
+            line += f"{dg:>10.4f}"
+            line += (f"{bg['graph_ms']:>10.4f}{bg['graph_ms'] / dg:>7.2f}x" if bg and dg == dg and dg > 0
+                     else f"{'-':>10}{'':>8}")
         if d and "pct_bw" in d:
             line += f"{d['pct_bw']:>6.1f}%"
         print(line)

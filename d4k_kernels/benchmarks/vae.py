@@ -11,8 +11,10 @@ sizes the 13-pixel halo is a large part of each tile: the CPU ratio is not the G
 from __future__ import annotations
 
 import argparse
+import math
+import re
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -96,7 +98,12 @@ def _make_fn(spec: Dict, device: torch.device, dtype) -> Callable[[], object]:
         return fn
     dec = ExactTiledDecoder(vae.decoder, vae.post_quant_conv, tile=spec.get("tile"),
                             max_memory=spec.get("max_memory"), progress=False)
-    return lambda: dec(z)
+
+    def tiled():
+        return dec(z)
+
+    tiled.decoder = dec  # memory_table reports the plan (tile, offloaded bytes)
+    return tiled
 
 
 def cases(device: torch.device, quick: bool = False) -> List[Case]:
@@ -115,15 +122,32 @@ def cases(device: torch.device, quick: bool = False) -> List[Case]:
     return out
 
 
-def memory_table(device: torch.device, quick: bool = False, extra_8k: bool = True) -> List[Dict]:
-    """Time (one warm run) and peak memory of every case; on CUDA also Flux F8 -> 8192^2 exact tiled."""
+def _psnr(a: torch.Tensor, ref: torch.Tensor) -> float:
+    a, ref = a.float(), ref.float()
+    rng = (ref.max() - ref.min()).item()
+    mse = ((a - ref) ** 2).mean().item()
+    return float("inf") if mse == 0 else 10 * math.log10(rng * rng / mse)
+
+
+def memory_table(device: torch.device, quick: bool = False, extra_8k: bool = True,
+                 tiles: Sequence[int] = (), only: Optional[str] = None) -> List[Dict]:
+    """Time (one warm run), peak memory and PSNR against the group's untiled decode of every case;
+    on CUDA also Flux F8 -> 8192^2 exact tiled. ``tiles``: extra exact tiled Flux 4096^2 decodes with
+    these tile sizes (latent pixels) under the same 8 GiB budget; ``only``: a regex on group + impl."""
     rows = []
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     specs = _specs(device, quick)
+    for t in tiles:
+        base = next(sp for sp in specs if sp["mode"] == "d4k_tiled" and sp["stride"] == 1)
+        specs.insert(specs.index(base) + 1, dict(base, impl=f"d4k exact tiled, tile={t}", tile=t))
     if device.type == "cuda" and extra_8k:
         specs.append(dict(group="vae decode Flux F8 -> 8192^2 (1024^2 latent) bf16", impl="d4k exact tiled",
                           cfg=_flux_cfg(None), lat=1024, mode="d4k_tiled", stride=1, max_memory="24GiB"))
+    if only:
+        specs = [sp for sp in specs if re.search(only, f"{sp['group']} {sp['impl']}")]
+    refs: Dict[str, torch.Tensor] = {}
     for spec in specs:
+        psnr, info = float("nan"), ""
         try:
             fn = _make_fn(spec, device, dtype)
             fn()  # warm-up
@@ -131,16 +155,27 @@ def memory_table(device: torch.device, quick: bool = False, extra_8k: bool = Tru
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
             t0 = time.perf_counter()
-            fn()
+            out = fn()
             if device.type == "cuda":
                 torch.cuda.synchronize()
             ms = (time.perf_counter() - t0) * 1e3
             peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
             err = ""
+            if spec["mode"].startswith("untiled") and spec["group"] not in refs:
+                refs[spec["group"]] = out.detach().cpu()
+            elif spec["group"] in refs:
+                psnr = _psnr(out.detach().cpu(), refs[spec["group"]])
+            dec = getattr(fn, "decoder", None)
+            if dec is not None and getattr(dec, "last_plan", None) is not None:
+                pl = dec.last_plan
+                info = f"tile {pl.tile}, {pl.n_tiles} tiles, offloaded {dec.last_offloaded_bytes / 2**30:.1f} GiB"
+            del out
         except Exception as e:  # e.g. out of memory for the untiled 8K decode
             ms, peak, err = float("nan"), float("nan"), f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
-        rows.append(dict(group=spec["group"], impl=spec["impl"], ms=ms, peak_gib=peak, error=err))
-        print(f"{spec['group']:<58} {spec['impl']:<26} {ms:10.1f} ms  {peak:7.2f} GiB {err}", flush=True)
+        rows.append(dict(group=spec["group"], impl=spec["impl"], ms=ms, peak_gib=peak, psnr_db=psnr, info=info,
+                         error=err))
+        print(f"{spec['group']:<58} {spec['impl']:<26} {ms:10.1f} ms  {peak:7.2f} GiB  PSNR {psnr:6.1f} dB  "
+              f"{info} {err}".rstrip(), flush=True)
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return rows
@@ -151,10 +186,13 @@ def _main(argv=None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-8k", action="store_true")
+    ap.add_argument("--tiles", default="", help="extra exact tiled Flux decodes with these tiles, e.g. 96,128")
+    ap.add_argument("--only", default=None, help="regex on 'group impl': run only the matching cases")
     a = ap.parse_args(argv)
     from . import resolve_device
 
-    memory_table(resolve_device(a.device), quick=a.quick, extra_8k=not a.no_8k)
+    tiles = [int(t) for t in a.tiles.split(",") if t.strip()]
+    memory_table(resolve_device(a.device), quick=a.quick, extra_8k=not a.no_8k, tiles=tiles, only=a.only)
     return 0
 
 

@@ -1,0 +1,59 @@
+"""GPU only: where the eager time of d4k's wavelet_loss fwd+bwd goes (host launch costs vs kernels).
+
+Prints the eager and CUDA-graph time of one launch of an empty Triton kernel and of a tiny ATen op
+(the host floor per launch on this machine), of d4k's fwd+bwd, and a torch.profiler table of the
+fwd+bwd (host time per op, kernel time per kernel). Run by bench/gpu_check.sh (D4K_GPU_PROFILE=1)."""
+import torch
+import triton
+import triton.language as tl
+from triton.testing import do_bench
+
+from d4k_kernels import wavelet_loss
+from d4k_kernels.benchmarks import time_graph
+
+
+@triton.jit
+def _noop(x_ptr):
+    pass
+
+
+def main():
+    dev = torch.device("cuda")
+    x = torch.zeros(1, device=dev)
+    print(f"empty Triton launch: eager {do_bench(lambda: _noop[(1,)](x), return_mode='median') * 1e3:.1f} us, "
+          f"graph {time_graph(lambda: _noop[(1,)](x)) * 1e3:.1f} us")
+    print(f"torch.add(1 elem): eager {do_bench(lambda: torch.add(x, 1), return_mode='median') * 1e3:.1f} us, "
+          f"graph {time_graph(lambda: torch.add(x, 1)) * 1e3:.1f} us")
+    for shape in [(4, 16, 512, 512), (1, 16, 512, 512)]:
+        g = torch.Generator(device="cpu").manual_seed(0)
+        mk = lambda: torch.randn(shape, generator=g).to(dev, torch.bfloat16)  # noqa: E731
+        pred = mk().requires_grad_(True)
+        xt, x0 = mk(), mk()
+        N = shape[0]
+        sig = torch.rand(N, 1, 1, 1, generator=g).to(dev, torch.bfloat16)
+        w = (0.5 + torch.rand(N, 1, 1, 1, generator=g)).to(dev)
+
+        def fwd():
+            with torch.no_grad():
+                return wavelet_loss(pred, xt, x0, sig, w)
+
+        def fwd_bwd():
+            return torch.autograd.grad(wavelet_loss(pred, xt, x0, sig, w), pred)[0]
+
+        for name, fn in [("fwd (no grad)", fwd), ("fwd+bwd", fwd_bwd)]:
+            print(f"{shape} {name}: eager {do_bench(fn, return_mode='median') * 1e3:.1f} us, "
+                  f"graph {time_graph(fn) * 1e3:.1f} us")
+        if shape[0] == 1:
+            acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+            for _ in range(5):
+                fwd_bwd()
+            torch.cuda.synchronize()
+            with torch.profiler.profile(activities=acts) as prof:
+                for _ in range(20):
+                    fwd_bwd()
+                torch.cuda.synchronize()
+            print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=18, max_name_column_width=48))
+
+
+if __name__ == "__main__":
+    main()
