@@ -1,7 +1,7 @@
 """Triton kernels of ops/glcm.py (CUDA, or the CPU under the Triton interpreter).
 
-Two ways to count without float atomics; D4K_GLCM_KERNEL=hist|dot picks one (default hist; the dot
-kernel also serves configurations whose bins do not fit shared memory, e.g. 256 levels):
+Two ways to count without float atomics; D4K_GLCM_KERNEL=hist|dot picks one (default dot on GPUs, hist under the
+interpreter; the dot kernel also serves configurations whose bins do not fit shared memory, e.g. 256 levels):
 
 * hist (``_glcm_hist_kernel``): one program per (patch, offset); the counts are ``tl.histogram`` of
   the pair codes q1 * L + q2 (Triton lowers it to shared-memory atomics), and for the score the
@@ -184,7 +184,8 @@ _BK = int(os.environ.get("D4K_GLCM_BK", "64"))  # pixels per one-hot tile (the K
 _BK_INTERPRET = 1024  # under the interpreter fewer, larger numpy steps are much faster
 
 
-_KERNEL = os.environ.get("D4K_GLCM_KERNEL", "hist")   # "hist" (tl.histogram) or "dot" (one-hot int8 dot)
+# "hist" (tl.histogram) or "dot" (one-hot int8 dot): dot on GPUs (27.6 vs 55.9 ms for 4096^2 on an H200), hist under the interpreter
+_KERNEL = os.environ.get("D4K_GLCM_KERNEL", "hist" if os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on") else "dot")
 _HIST_BK = 1024
 
 

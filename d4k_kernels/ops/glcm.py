@@ -20,12 +20,20 @@ Public API
 
 Backends (``d4k_kernels.backend.select``): Triton kernels (CUDA, or CPU under the interpreter),
 the compiled C++ kernel (csrc/glcm.cpp, OpenMP over patches via at::parallel_for) for CPU tensors,
-and a vectorised torch fallback (any device) when the extension cannot be built.
+and a vectorised torch fallback (any device) when the extension cannot be built. On CUDA the score
+runs the compiled CUDA kernel (csrc/glcm_cuda.cu: one thread block per patch, shared-memory
+atomics; built at first use) when it builds and the configuration fits shared memory, else Triton.
+
+Environment (read at each call): ``D4K_GLCM_CUDA=0`` never uses (or builds) the CUDA kernel;
+``D4K_GLCM_CUDA_THREADS=256|512|1024`` (default 512) threads per block; ``D4K_GLCM_CUDA_NACC16=0``
+keeps the per-patch multiplicities in 32 bits even where 16 bits are exact (see the .cu file).
+``D4K_GLCM_KERNEL=hist|dot`` picks the Triton counting kernel (ops/_glcm_triton.py).
 """
 from __future__ import annotations
 
 import functools
 import math
+import os
 import warnings
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
@@ -300,6 +308,114 @@ def _triton_scores(g, plan, qdiv):
 
 
 # ----------------------------------------------------------------------------------------------
+# CUDA kernel for the score (csrc/glcm_cuda.cu + bindings/glcm_cuda.cpp), built at first use
+# ----------------------------------------------------------------------------------------------
+_FALSE = ("0", "false", "no", "off")
+_warned_cuda = False
+
+
+def _cuda_enabled() -> bool:
+    return os.environ.get("D4K_GLCM_CUDA", "1").strip().lower() not in _FALSE
+
+
+def _cuda_arch_flags(device: torch.device) -> List[str]:
+    """nvcc flags for the GPU at hand (torch adds none of its own when one names an arch)."""
+    major, minor = torch.cuda.get_device_capability(device)
+    cc = f"{major}{minor}"
+    if (major, minor) == (9, 0):
+        cc = "90a"
+    return [f"-gencode=arch=compute_{cc},code=sm_{cc}"]
+
+
+def _cuda_ext(device: torch.device):
+    """The loaded CUDA extension (torch.ops.d4k_glcm_cuda), or None: no GPU, or the build failed
+    (one warning; the Triton kernel runs instead). One build per process: every GPU of a process
+    is assumed to have the compute capability of the first one used."""
+    global _warned_cuda
+    if not torch.cuda.is_available():
+        return None
+    from .._build import ext_disabled, failure, load_extension
+
+    ext = load_extension("glcm_cuda", ["bindings/glcm_cuda.cpp", "csrc/glcm_cuda.cu"], ops_namespace="d4k_glcm_cuda",
+                         extra_cuda_cflags=_cuda_arch_flags(device), warn=False)
+    if ext is None and not _warned_cuda:
+        _warned_cuda = True
+        if not ext_disabled():
+            warnings.warn(
+                f"d4k_kernels.glcm: the CUDA score kernel is unavailable ({failure('glcm_cuda')}); "
+                "using the Triton kernel. Set D4K_GLCM_CUDA=0 to silence this.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+    return ext
+
+
+@functools.lru_cache(maxsize=64)
+def _nacc16_exact(plan: _Plan) -> bool:
+    """Whether no value multiplicity of a patch can exceed 65535 (16-bit counters are exact): the
+    zeros are at most T minus one cell per slice that has pairs, the cells of any other value at
+    most sum over slices of min(L*L, N_s) (one cell per pair at most)."""
+    cells = plan.levels * plan.levels
+    ns = [plan.totals[u] for u in plan.slice_to_u]
+    bound = max(plan.cells - sum(1 for n in ns if n > 0), sum(min(cells, n) for n in ns))
+    return bound <= 0xFFFF
+
+
+_SMEM: dict = {}
+
+
+def _cuda_choice(device: torch.device, plan: _Plan):
+    """(ext, threads, nacc16) when the CUDA kernel should compute the score of ``plan`` on ``device``,
+    else None (the Triton kernel runs): D4K_GLCM_CUDA=0, no extension (not built / build failed), or
+    the patch's tables do not fit the device's shared memory per block (opt-in limit)."""
+    if device.type != "cuda" or not _cuda_enabled():
+        return None
+    if plan.cells >= 2 ** 31 or plan.nkeys >= 2 ** 30:
+        return None
+    ext = _cuda_ext(device)
+    if ext is None:
+        return None
+    threads = int(os.environ.get("D4K_GLCM_CUDA_THREADS", "512"))
+    if threads not in (256, 512, 1024):
+        threads = 512
+    nacc16 = _nacc16_exact(plan) and os.environ.get("D4K_GLCM_CUDA_NACC16", "1").strip().lower() not in _FALSE
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    key = (idx, plan.patch, plan.levels, plan.nkeys, nacc16)
+    fits = _SMEM.get(key)
+    if fits is None:
+        need = int(ext.smem_bytes(plan.patch, plan.levels, plan.nkeys, nacc16))
+        fits = _SMEM[key] = need <= int(ext.max_smem(idx))
+    return (ext, threads, nacc16) if fits else None
+
+
+@functools.lru_cache(maxsize=64)
+def _cuda_tables(plan: _Plan, device: torch.device):
+    """Offsets that pair inside a patch (U, 2), their id table rows and multiplicities, flog, and the
+    zero cells of the left-out slices (same selection as the Triton path's _score_tables)."""
+    keytab, mult, flog, _ = _device_tables(plan, device)
+    P = plan.patch
+    kept = [u for u, (dr, dc) in enumerate(plan.uoffsets) if abs(dr) < P and abs(dc) < P]
+    offs = torch.tensor([plan.uoffsets[u] for u in kept] or [(0, 0)], dtype=torch.int32, device=device)
+    kidx = torch.tensor(kept or [0], dtype=torch.long, device=device)
+    kt = keytab.index_select(0, kidx).contiguous()
+    mu = mult.index_select(0, kidx).contiguous()
+    zeros_extra = sum(plan.mult[u] for u in range(len(plan.uoffsets)) if u not in kept) * plan.levels * plan.levels
+    return offs.reshape(-1, 2).contiguous(), len(kept), kt, mu, flog.contiguous(), zeros_extra
+
+
+def _cuda_scores(g, plan, qdiv, choice):
+    ext, threads, nacc16 = choice
+    offs, U, kt, mu, flog, zeros_extra = _cuda_tables(plan, g.device)
+    with torch.cuda.device(g.device):
+        stream = torch.cuda.current_stream(g.device).cuda_stream
+        s = ext.glcm_scores(_as_u8(g), plan.patch, offs, U, mu, kt, flog, plan.levels, qdiv, plan.nkeys, zeros_extra,
+                            threads, nacc16, stream)
+    T = plan.cells
+    out = math.log2(T) - s / T        # the same finishing step as the Triton path
+    return out.view(g.shape[0], _num_patches(g, plan.patch))
+
+
+# ----------------------------------------------------------------------------------------------
 # registered ops (torch.compile sees one opaque op; integer outputs carry no gradient)
 # ----------------------------------------------------------------------------------------------
 def _num_patches(g: torch.Tensor, patch: int) -> int:
@@ -326,6 +442,9 @@ def _glcm_scores_op(g: torch.Tensor, patch: int, offsets: List[int], levels: int
     """(N, H, W) integer image -> (N, P) float64 distinct-value GLCM entropy per patch."""
     plan = _plan(patch, _unflat(offsets), levels)
     if backend.select(g) == "triton":
+        choice = _cuda_choice(g.device, plan)
+        if choice is not None:
+            return _cuda_scores(g, plan, qdiv, choice)
         return _triton_scores(g, plan, qdiv)
     return _cpu_scores(g, plan, qdiv)
 
