@@ -46,6 +46,9 @@ done
 if [[ "${D4K_GPU_PROFILE:-0}" == 1 ]]; then
   timeout "$(left 40)" python3 bench/gpu_profile_wlf.py > "$OUT/profile_wlf.log" 2>&1 || echo "wlf profile stopped (rc $?)"
 fi
+if [[ "${D4K_GPU_SWEEP:-0}" == 1 ]]; then
+  timeout "$(left 90)" python3 bench/gpu_sweep.py ${D4K_GPU_SWEEP_ARGS:-} > "$OUT/sweep.log" 2>&1 || echo "sweep stopped (rc $?)"
+fi
 # 4. VAE decodes take seconds each: one table of time, peak memory and PSNR against the untiled decode
 #    (untiled, diffusers tiled, exact tiled, SC-VAE F16, Flux 8192^2 last) instead of the repeated-timing
 #    runner; D4K_GPU_VAE_ARGS adds e.g. "--tiles 128,256 --only REGEX"
@@ -58,6 +61,7 @@ echo "=== d4k gpu_check: $(sed -n 2p "$OUT/device.txt"), $(( $(date +%s) - T0 ))
 echo "CUDA tests: $(grep -E '[0-9]+ (passed|failed)' "$OUT/tests_cuda.log" | tail -n 1) (rc $tests_rc)"
 grep -E '^(FAILED|ERROR)' "$OUT/tests_cuda.log" | cut -c1-150 | head -n 12
 python3 -c "import sys; from d4k_kernels.benchmarks import summary_from_json as s; s(sys.argv[1:])" "$OUT"/bench_*.json
+[[ -f "$OUT/sweep.log" ]] && grep -v -i warn "$OUT/sweep.log"
 [[ -f "$OUT/profile_wlf.log" ]] && grep -E "^(empty|torch.add|\()" "$OUT/profile_wlf.log"
 grep -v Warning "$OUT/vae_memory.log" 2>/dev/null | tail -n 12
 } 2>&1 | tee "$FINAL/summary.txt"

@@ -53,6 +53,7 @@ the transform, which gives the same loss up to float rounding.
 from __future__ import annotations
 
 import functools
+import os
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -307,13 +308,28 @@ def _next_pow2(v: int) -> int:
     return 1 << max(0, (int(v) - 1).bit_length())
 
 
+def _env_gpu_tile() -> Tuple[Tuple[int, int], int]:
+    """Level-1 blocks (BH, BW) per program on a GPU and warps per program: 8x64 (a 16 x 128 pixel
+    tile) and 4 warps unless D4K_WLF_TILE=BHxBW / D4K_WLF_WARPS say otherwise (powers of two; for
+    tuning on a GPU)."""
+    bh, bw = (int(v) for v in os.environ.get("D4K_WLF_TILE", "8x64").lower().split("x"))
+    warps = int(os.environ.get("D4K_WLF_WARPS", "4"))
+    for v, what in ((bh, "D4K_WLF_TILE rows"), (bw, "D4K_WLF_TILE cols"), (warps, "D4K_WLF_WARPS")):
+        if v < 1 or v & (v - 1):
+            raise ValueError(f"{what} must be a power of two, got {v}")
+    return (bh, bw), warps
+
+
+_GPU_TILE, _WARPS = _env_gpu_tile()
+
+
 def _tiles(H: int, W: int, levels: int, fixed: bool = True) -> Tuple[int, int, int, int]:
     """(BH, BW, tiles_h, tiles_w): level-1 blocks per tile (powers of two, multiples of 2^(J-1)).
     On a GPU the tile is fixed (16 x 128 pixels, taller for J = 5) so that one compiled kernel per
     (levels, flags, dtypes) serves every size; under the interpreter it shrinks to small images."""
     need = 1 << (levels - 1)
     if fixed:
-        bh, bw = max(8, need), 64
+        bh, bw = max(_GPU_TILE[0], need), max(_GPU_TILE[1], need)
     else:
         bw = max(need, min(64, _next_pow2((W + 1) // 2)))
         bh = max(need, min(max(8, 2048 // (4 * bw)), _next_pow2((H + 1) // 2)))
@@ -370,7 +386,7 @@ def _partials_triton(pred, x_t, x0, sigma, weights, levels):
         pred, xt, x0, sigma, bwt, part, C, H, W, th * tw,
         *pred.stride(), *_strides(x_t), *x0.stride(),
         HAS_XT=x_t is not None, LEVELS=levels, BH=bh, BW=bw, ACC=_tl_acc(acc), UNIT_W=_unit_w(pred, x_t, x0),
-        num_warps=4,
+        num_warps=_WARPS,
     )
     return part.view(N, C * th * tw)
 
@@ -412,7 +428,7 @@ def _energy_bwd_triton(grad_e, pred, x_t, x0, sigma, weights, levels, need, weig
         *pred.stride(), *_strides(x_t), *x0.stride(),
         HAS_XT=x_t is not None, LEVELS=levels, BH=bh, BW=bw, ACC=_tl_acc(acc), UNIT_W=_unit_w(pred, x_t, x0),
         W_PRED=gp is not None, W_XT=gt is not None, W_X0=g0 is not None, W_SIGMA=part is not None,
-        num_warps=4,
+        num_warps=_WARPS,
     )
     gs = part.view(N, C * th * tw).sum(dim=1) if part is not None else None
     if energy:

@@ -1,0 +1,68 @@
+"""GPU only: time launch-configuration variants of the Haar and WLF kernels in one process (CUDA-graph
+replays, so the numbers are GPU time), and print one table. Run by bench/gpu_check.sh when
+D4K_GPU_SWEEP=1; the winners become the defaults (D4K_HAAR_TILE / D4K_HAAR_WARPS, D4K_WLF_TILE /
+D4K_WLF_WARPS override them)."""
+import itertools
+import sys
+import time
+
+import torch
+
+from d4k_kernels import dwt2, idwt2, wavelet_loss
+from d4k_kernels.benchmarks import time_graph
+from d4k_kernels.ops import haar as H
+from d4k_kernels.ops import wavelet_loss as WL
+
+
+def _t(fn):
+    try:
+        return time_graph(fn, quick=True) * 1e3
+    except Exception as e:  # a variant that does not compile (registers, shared memory)
+        print(f"    failed: {type(e).__name__}: {str(e).splitlines()[0][:80]}", file=sys.stderr)
+        torch.cuda.synchronize()
+        return float("nan")
+
+
+def haar(budget_s: float):
+    dev = torch.device("cuda")
+    x = torch.randn(8, 16, 512, 512, device=dev).to(torch.bfloat16)
+    yl, yh = dwt2(x, 1)
+    x1 = torch.randn(1, 16, 512, 512, device=dev).to(torch.bfloat16)
+    t0 = time.time()
+    print("haar tile  warps   dwt J=1 (8,16,512^2)  dwt J=3  idwt J=1  dwt J=1 (1,16,512^2)   [us, graph replay]")
+    for tile, warps in itertools.product([(32, 128), (16, 256), (64, 128), (32, 256), (64, 64)], [4, 8]):
+        if time.time() - t0 > budget_s:
+            break
+        H._TILE, H._NUM_WARPS = tile, warps
+        r = [_t(lambda: dwt2(x, 1)), _t(lambda: dwt2(x, 3)), _t(lambda: idwt2((yl, yh))), _t(lambda: dwt2(x1, 1))]
+        print(f"  {tile[0]:>3}x{tile[1]:<4} {warps:>3}  " + "  ".join(f"{v:9.1f}" for v in r), flush=True)
+    H._TILE, H._NUM_WARPS = H._env_tile()
+
+
+def wlf(budget_s: float):
+    dev = torch.device("cuda")
+    cases = []
+    for shape in [(4, 16, 512, 512), (1, 16, 512, 512), (4, 16, 256, 256)]:
+        g = torch.Generator(device="cpu").manual_seed(0)
+        mk = lambda: torch.randn(shape, generator=g).to(dev, torch.bfloat16)  # noqa: E731
+        pred = mk().requires_grad_(True)
+        xt, x0 = mk(), mk()
+        N = shape[0]
+        sig = torch.rand(N, 1, 1, 1, generator=g).to(dev, torch.bfloat16)
+        w = (0.5 + torch.rand(N, 1, 1, 1, generator=g)).to(dev)
+        cases.append(lambda p=pred, a=xt, b=x0, s=sig, ww=w: torch.autograd.grad(wavelet_loss(p, a, b, s, ww), p)[0])
+    t0 = time.time()
+    print("wlf BHxBW warps   fwd+bwd (4,16,512^2)  (1,16,512^2)  (4,16,256^2)   [us, graph replay]")
+    for tile, warps in itertools.product([(8, 64), (4, 64), (8, 32), (16, 64), (4, 128)], [4, 8]):
+        if time.time() - t0 > budget_s:
+            break
+        WL._GPU_TILE, WL._WARPS = tile, warps
+        r = [_t(c) for c in cases]
+        print(f"  {tile[0]:>3}x{tile[1]:<4} {warps:>3}  " + "  ".join(f"{v:12.1f}" for v in r), flush=True)
+    WL._GPU_TILE, WL._WARPS = WL._env_gpu_tile()
+
+
+if __name__ == "__main__":
+    which = sys.argv[1:] or ["wlf", "haar"]
+    for w in which:
+        {"wlf": wlf, "haar": haar}[w](budget_s=40.0)
