@@ -1,6 +1,7 @@
 """GLCM counts, the paper's GLCM Score and graycoprops against skimage (graycomatrix, shannon_entropy,
-graycoprops), on every path: the compiled C++ kernel, the torch fallback and the Triton kernels (under
-the interpreter on the CPU: tiny images only; on CUDA when a GPU is present)."""
+graycoprops), on every path: the compiled C++ kernel, the torch fallback, the Triton kernels (under
+the interpreter on the CPU: tiny images only; on CUDA when a GPU is present) and, with a GPU, the
+compiled CUDA score kernel (csrc/glcm_cuda.cu), which must equal the Triton kernel and the references."""
 import math
 import warnings
 
@@ -23,10 +24,19 @@ _INTERP = backend.HAS_TRITON and backend.interpreter_enabled()
 
 
 # ------------------------------------------------------------------------------------------------
-# paths: "cpp" (compiled CPU kernel), "torch" (fallback), "triton" (interpreter / CUDA)
+# paths: "cpp" (compiled CPU kernel), "torch" (fallback), "triton" (interpreter / CUDA), "cuda" (the
+# compiled CUDA score kernel; counts still run the Triton kernel)
 # ------------------------------------------------------------------------------------------------
 def _cpp_available():
     return G._cpu_ext() is not None
+
+
+def _require_cuda_kernel():
+    """The CUDA extension must build on a GPU machine: a failure is reported, not skipped."""
+    if G._cuda_ext(torch.device("cuda")) is None:
+        from d4k_kernels import _build
+
+        pytest.fail(f"the CUDA GLCM kernel did not build/load: {_build.failure('glcm_cuda')}")
 
 
 @pytest.fixture
@@ -52,6 +62,14 @@ def use_path(monkeypatch):
                 dev = torch.device("cpu")
             else:
                 pytest.skip("no Triton interpreter / GPU")
+            monkeypatch.setenv("D4K_GLCM_CUDA", "0")   # the Triton kernels, not the CUDA score kernel
+            ctx = backend.prefer("triton")
+        elif name == "cuda":
+            if not _HAS_CUDA:
+                pytest.skip("needs a CUDA GPU")
+            monkeypatch.setenv("D4K_GLCM_CUDA", "1")
+            _require_cuda_kernel()
+            dev = torch.device("cuda")
             ctx = backend.prefer("triton")
         else:
             raise ValueError(name)
@@ -64,8 +82,8 @@ def use_path(monkeypatch):
         ctx.__exit__(None, None, None)
 
 
-FULL_PATHS = ["cpp", "torch"] + (["triton"] if _HAS_CUDA else [])
-ALL_PATHS = ["cpp", "torch", "triton"]
+FULL_PATHS = ["cpp", "torch"] + (["triton", "cuda"] if _HAS_CUDA else [])
+ALL_PATHS = ["cpp", "torch", "triton"] + (["cuda"] if _HAS_CUDA else [])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -454,9 +472,10 @@ def test_triton_kernels_compile_for_sm90():
 
 
 @pytest.mark.cuda
-def test_cuda_triton_matches_other_paths_large():
+def test_cuda_triton_matches_other_paths_large(monkeypatch):
     """4096^2 and a batch of 16 2048^2 natural images on the GPU: the Triton kernels equal the
     vectorised torch path run on the same CUDA tensors, and the skimage loop on sampled patches."""
+    monkeypatch.setenv("D4K_GLCM_CUDA", "0")   # Triton here; the CUDA kernel has its own test below
     img = _natural(4096)
     x = torch.from_numpy(img).cuda()
     with backend.prefer("triton"):
@@ -561,3 +580,212 @@ def test_one_and_two_levels_and_empty_batch(use_path, path, seed):
     assert G.glcm_score(empty, size=64, reduction="none").shape == (0, 1)
     assert G.glcm_score(empty, size=64).shape == (0,)
     assert G.glcm(empty).shape == (0, 1, 4, 4, 64, 64)
+
+
+# ------------------------------------------------------------------------------------------------
+# the CUDA score kernel (csrc/glcm_cuda.cu): routing and fallback (CPU), equality with Triton (GPU)
+# ------------------------------------------------------------------------------------------------
+_PAPER_PLAN = G._plan(64, tuple(G.offsets_of(G.PAPER_DISTANCES, G.PAPER_ANGLES)), 64)
+
+
+class _FakeCudaExt:
+    """Stands in for torch.ops.d4k_glcm_cuda in routing tests (no GPU needed)."""
+
+    def __init__(self, limit=232448):
+        self.limit = limit
+
+    def max_smem(self, device):
+        return self.limit
+
+    def smem_bytes(self, patch, levels, nkeys, nacc16):  # the layout of csrc/glcm_cuda.cu
+        return 4 * levels * levels + 4 * ((nkeys + 1) // 2 if nacc16 else nkeys) + -(-patch * patch // 16) * 16 + 256
+
+
+def test_cuda_routing_env_fit_and_fallback(monkeypatch):
+    """_cuda_choice: the CUDA kernel for CUDA tensors when enabled, built and fitting shared memory;
+    None (-> Triton) with D4K_GLCM_CUDA=0, a failed build, too little shared memory, or a CPU tensor."""
+    fake = _FakeCudaExt()
+    monkeypatch.setattr(G, "_cuda_ext", lambda device: fake)
+    monkeypatch.setattr(G, "_SMEM", {})
+    for var in ("D4K_GLCM_CUDA", "D4K_GLCM_CUDA_THREADS", "D4K_GLCM_CUDA_NACC16"):
+        monkeypatch.delenv(var, raising=False)
+    cuda0 = torch.device("cuda", 0)
+    plan = _PAPER_PLAN
+    assert G._cuda_choice(cuda0, plan) == (fake, 512, True)
+    assert G._cuda_choice(torch.device("cpu"), plan) is None
+    monkeypatch.setenv("D4K_GLCM_CUDA_THREADS", "256")
+    monkeypatch.setenv("D4K_GLCM_CUDA_NACC16", "0")
+    assert G._cuda_choice(cuda0, plan) == (fake, 256, False)
+    monkeypatch.setenv("D4K_GLCM_CUDA", "0")
+    assert G._cuda_choice(cuda0, plan) is None
+    monkeypatch.setenv("D4K_GLCM_CUDA", "1")
+    # 32-bit multiplicities of the paper's plan need ~127 KB, 16-bit ones ~74 KB
+    monkeypatch.setattr(G, "_SMEM", {})
+    fake.limit = 100 * 1024
+    assert G._cuda_choice(cuda0, plan) is None
+    monkeypatch.delenv("D4K_GLCM_CUDA_NACC16")
+    assert G._cuda_choice(cuda0, plan) == (fake, 256, True)
+    monkeypatch.setattr(G, "_SMEM", {})
+    fake.limit = 48 * 1024
+    assert G._cuda_choice(cuda0, plan) is None
+    monkeypatch.setattr(G, "_cuda_ext", lambda device: None)   # build failed / no GPU
+    assert G._cuda_choice(cuda0, plan) is None
+
+
+def test_cuda_build_failure_warns_once(monkeypatch):
+    """A failed build of the CUDA extension warns once and leaves the score to Triton."""
+    from d4k_kernels import _build
+
+    monkeypatch.delenv("D4K_NO_EXT", raising=False)
+    monkeypatch.delenv("D4K_GLCM_CUDA", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(G, "_cuda_arch_flags", lambda device: [])
+    calls = []
+
+    def failing_load(name, sources, **kw):
+        calls.append((name, tuple(sources), kw.get("ops_namespace")))
+        return None
+
+    monkeypatch.setattr(_build, "load_extension", failing_load)
+    monkeypatch.setattr(_build, "failure", lambda name: "RuntimeError: nvcc exploded")
+    monkeypatch.setattr(G, "_warned_cuda", False)
+    monkeypatch.setattr(G, "_SMEM", {})
+    with pytest.warns(RuntimeWarning, match="CUDA score kernel is unavailable.*nvcc exploded.*Triton"):
+        assert G._cuda_ext(torch.device("cuda", 0)) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert G._cuda_choice(torch.device("cuda", 0), _PAPER_PLAN) is None
+    assert calls[0] == ("glcm_cuda", ("bindings/glcm_cuda.cpp", "csrc/glcm_cuda.cu"), "d4k_glcm_cuda")
+
+
+def test_cuda_sources_are_found_and_torch_free():
+    """The CUDA sources ship like the CPU ones; the .cu does not include torch headers, the binding no
+    c10/cuda header (so it builds with torch/library.h only)."""
+    from d4k_kernels import _build
+
+    cu = _build.find_source("csrc/glcm_cuda.cu").read_text()
+    bind = _build.find_source("bindings/glcm_cuda.cpp").read_text()
+    assert "#include <torch" not in cu and "#include <ATen" not in cu and "#include <c10" not in cu
+    includes = [ln for ln in bind.splitlines() if ln.startswith("#include")]
+    assert not any("cuda" in ln for ln in includes), includes
+    assert "TORCH_LIBRARY(d4k_glcm_cuda" in bind
+
+
+def test_nacc16_exact_bound():
+    """16-bit multiplicities only where no value can occur more than 65535 times in a patch."""
+    assert G._nacc16_exact(_PAPER_PLAN)                       # T = 65536: zeros <= 65520
+    assert G._nacc16_exact(G._plan(16, ((0, 1), (1, 0)), 8))
+    assert not G._nacc16_exact(G._plan(64, ((0, 1), (1, 0), (1, 1), (0, 2), (2, 0)), 256))  # T = 327680
+    # 16 slices of one offset on 64x64 patches, 64 levels: zeros <= T - 16, any other value in at most
+    # 16 * 4032 cells; 17 slices: T - 17 > 65535
+    assert G._nacc16_exact(G._plan(64, ((0, 1),) * 16, 64))
+    assert not G._nacc16_exact(G._plan(64, ((0, 1),) * 17, 64))
+
+
+def _cuda_scores_both(x, monkeypatch, **kw):
+    """(CUDA kernel, Triton kernel) scores of the same CUDA tensor."""
+    monkeypatch.setenv("D4K_GLCM_CUDA", "1")
+    with backend.prefer("triton"):
+        a = G.glcm_score(x, reduction="none", **kw)
+    monkeypatch.setenv("D4K_GLCM_CUDA", "0")
+    with backend.prefer("triton"):
+        b = G.glcm_score(x, reduction="none", **kw)
+    monkeypatch.setenv("D4K_GLCM_CUDA", "1")
+    return a, b
+
+
+@pytest.mark.cuda
+def test_cuda_kernel_equals_triton_and_references(monkeypatch, seed):
+    """Random configurations (levels 1..256, odd patches, distances past the patch, random angles),
+    batches, non-contiguous views, constant and few-level images: the CUDA kernel equals the Triton
+    kernel, the torch path on the same CUDA tensors and the skimage loop to 1e-12, for every
+    thread count and both widths of the multiplicities."""
+    _require_cuda_kernel()
+    dev = torch.device("cuda")
+    rng = np.random.default_rng(seed)
+    used = 0
+    for trial in range(24):
+        levels = int(rng.choice([1, 2, 4, 8, 16, 32, 64, 128]))
+        patch = int(rng.choice([5, 16, 17, 31, 33, 64]))
+        nd, na = int(rng.integers(1, 4)), int(rng.integers(1, 5))
+        dist = [float(v) for v in rng.choice([0, 1, 2, 2.5, 3, 7, 40, 70], nd, replace=False)]
+        ang = [float(v) for v in rng.uniform(-math.pi, 2 * math.pi, na)]
+        n, side = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+        size = patch * side
+        x = rng.integers(0, 256, (n, size + 3, size + 5)).astype(np.uint8)
+        if trial % 3 == 0:
+            x = (x // 85 * 85).astype(np.uint8)          # few levels
+        if trial % 4 == 1:
+            x[:, : size // 2] = x[:, :1]                  # flat rows
+        if trial % 6 == 2:
+            x[:] = x[0, 0, 0]                             # constant
+        xt = torch.from_numpy(x).to(dev)
+        if trial % 2:
+            xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 2, 1))).to(dev).transpose(1, 2)
+            assert not xt.is_contiguous()
+        kw = dict(size=size, patch=patch, levels=levels, distances=dist, angles=ang)
+        plan = G._plan(patch, tuple(G.offsets_of(dist, ang)), levels)
+        used += G._cuda_choice(dev, plan) is not None
+        for threads, n16 in ((512, "1"), (256, "0"), (1024, "1")):
+            monkeypatch.setenv("D4K_GLCM_CUDA_THREADS", str(threads))
+            monkeypatch.setenv("D4K_GLCM_CUDA_NACC16", n16)
+            a, b = _cuda_scores_both(xt, monkeypatch, **kw)
+            np.testing.assert_allclose(a.cpu().numpy(), b.cpu().numpy(), rtol=0, atol=1e-12)
+        with backend.prefer("cpu"):
+            c = G.glcm_score(xt, reduction="none", **kw)
+        np.testing.assert_allclose(a.cpu().numpy(), c.cpu().numpy(), rtol=0, atol=1e-12)
+        if trial < 8:
+            ref = np.stack([_ref_scores(im, size, patch=patch, levels=levels, distances=dist, angles=ang)
+                            for im in xt.cpu().numpy()])
+            np.testing.assert_allclose(a.cpu().numpy(), ref, rtol=0, atol=1e-12)
+    assert used >= 12, "the CUDA kernel was not chosen for most configurations"
+
+
+@pytest.mark.cuda
+def test_cuda_kernel_natural_4096_and_batch(monkeypatch):
+    """The paper's configuration on a natural 4096^2 image and 16 2048^2 images: the CUDA kernel equals
+    the Triton kernel and the torch path (<= 1e-12; float64 summation order only), the skimage loop on
+    sampled patches, and gives the same bits on a second run (fixed-order reduction)."""
+    _require_cuda_kernel()
+    dev = torch.device("cuda")
+    assert G._cuda_choice(dev, _PAPER_PLAN) is not None
+    img = _natural(4096)
+    x = torch.from_numpy(img).to(dev)
+    a, b = _cuda_scores_both(x, monkeypatch, size=4096)
+    np.testing.assert_allclose(a.cpu().numpy(), b.cpu().numpy(), rtol=0, atol=1e-12)
+    with backend.prefer("cpu"):
+        c = G.glcm_score(x, size=4096, reduction="none")
+    np.testing.assert_allclose(a.cpu().numpy(), c.cpu().numpy(), rtol=0, atol=1e-12)
+    with backend.prefer("triton"):
+        assert torch.equal(a, G.glcm_score(x, size=4096, reduction="none"))
+    q = img // 4
+    for i in np.random.default_rng(0).choice(4096, 16, replace=False):
+        r, cc = divmod(int(i), 64)
+        p = q[r * 64:(r + 1) * 64, cc * 64:(cc + 1) * 64]
+        ref = shannon_entropy(graycomatrix(p, [1, 2, 3, 4], list(G.PAPER_ANGLES), levels=64, normed=True))
+        assert abs(float(a[i]) - ref) <= 1e-12
+    batch = torch.from_numpy(np.stack([np.roll(_natural(2048), 7 * i, 1) for i in range(16)])).to(dev)
+    a, b = _cuda_scores_both(batch, monkeypatch)
+    np.testing.assert_allclose(a.cpu().numpy(), b.cpu().numpy(), rtol=0, atol=1e-12)
+
+
+@pytest.mark.cuda
+def test_cuda_kernel_disabled_or_missing_falls_back_to_triton(monkeypatch, seed):
+    """D4K_GLCM_CUDA=0 or a failed build (loader returns None): the Triton kernel computes the score."""
+    dev = torch.device("cuda")
+    img = torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (128, 128)).astype(np.uint8)).to(dev)
+    ref = _ref_scores(img.cpu().numpy(), 128)
+
+    def boom(*a, **k):
+        raise AssertionError("the CUDA kernel ran")
+
+    monkeypatch.setattr(G, "_cuda_scores", boom)
+    monkeypatch.setenv("D4K_GLCM_CUDA", "0")
+    with backend.prefer("triton"):
+        s = G.glcm_score(img, size=128, reduction="none")
+    np.testing.assert_allclose(s.cpu().numpy(), ref, rtol=0, atol=1e-12)
+    monkeypatch.setenv("D4K_GLCM_CUDA", "1")
+    monkeypatch.setattr(G, "_cuda_ext", lambda device: None)
+    with backend.prefer("triton"):
+        s = G.glcm_score(img, size=128, reduction="none")
+    np.testing.assert_allclose(s.cpu().numpy(), ref, rtol=0, atol=1e-12)
