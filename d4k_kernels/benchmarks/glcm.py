@@ -1,11 +1,13 @@
-"""GLCM Score benchmarks: d4k (Triton on CUDA; compiled C++ at 1 and 2 threads and the torch fallback
-on the CPU) beside the paper's skimage loop (graycomatrix + shannon_entropy per 64x64 patch).
+"""GLCM Score benchmarks: d4k (on CUDA: what glcm_score picks, the CUDA score kernel, the Triton dot and
+hist kernels, the torch fallback; on the CPU: compiled C++ at 1 and 2 threads and the torch fallback)
+beside the paper's skimage loop (graycomatrix + shannon_entropy per 64x64 patch).
 
 The skimage loop runs on the whole image where that takes a few seconds (CPU shapes); on CUDA shapes
 it runs on a subset of the patches and the group/impl name says so (multiply by the stated factor for
 the whole image)."""
 from __future__ import annotations
 
+import os
 from typing import List
 
 import numpy as np
@@ -84,28 +86,44 @@ def cases(device: torch.device, quick: bool = False) -> List[Case]:
                 with backend.prefer("cpu"):
                     return G._torch_scores(x[:, :size, :size], G._plan(64, tuple(G.offsets_of(G.PAPER_DISTANCES, G.PAPER_ANGLES)), 64), 4)
 
-            def variant(kernel, g, x=x, size=size):
+            def variant(cuda, kernel="dot", g=1, x=x, size=size):
+                """cuda=True: the CUDA score kernel; else the Triton kernel ``kernel`` (G offsets/program)."""
                 def fn():
                     from ..ops import _glcm_triton as GT
 
-                    old = GT._KERNEL, GT._G
+                    old = GT._KERNEL, GT._G, os.environ.get("D4K_GLCM_CUDA")
                     GT._KERNEL, GT._G = kernel, g
+                    os.environ["D4K_GLCM_CUDA"] = "1" if cuda else "0"
                     try:
                         with backend.prefer("triton"):
                             return G.glcm_score(x, size=size)
                     finally:
-                        GT._KERNEL, GT._G = old
+                        GT._KERNEL, GT._G = old[:2]
+                        if old[2] is None:
+                            os.environ.pop("D4K_GLCM_CUDA", None)
+                        else:
+                            os.environ["D4K_GLCM_CUDA"] = old[2]
                 return fn
 
             from ..ops import _glcm_triton as GT
 
-            default = (GT._KERNEL, GT._G)
-            out.append(Case(group, f"d4k ({GT._KERNEL} kernel)", d4k, bytes_moved=nbytes,
-                            note="default Triton kernel (D4K_GLCM_KERNEL / D4K_GLCM_G)"))
-            for (kern, g), label in [(("hist", 1), "d4k hist kernel"), (("dot", 1), "d4k one-hot dot kernel"),
-                                     (("dot", 2), "d4k one-hot dot, 2 offsets/program")]:
-                if (kern, g) != default and not quick:
-                    out.append(Case(group, label, variant(kern, g), bytes_moved=nbytes))
+            plan = G._plan(64, tuple(G.offsets_of(G.PAPER_DISTANCES, G.PAPER_ANGLES)), 64)
+            choice = G._cuda_choice(device, plan)       # builds the CUDA extension on first use
+            picked = "CUDA kernel" if choice is not None else f"Triton {GT._KERNEL} kernel"
+            out.append(Case(group, "d4k", d4k, bytes_moved=nbytes,
+                            note=f"what glcm_score runs: {picked} (D4K_GLCM_CUDA, D4K_GLCM_KERNEL)"))
+            if choice is not None:
+                out.append(Case(group, "d4k CUDA kernel", variant(True), bytes_moved=nbytes,
+                                note=f"csrc/glcm_cuda.cu, {choice[1]} threads, "
+                                     f"{16 if choice[2] else 32}-bit multiplicities"))
+            else:
+                from .._build import failure
+
+                print(f"glcm bench: no CUDA kernel row ({failure('glcm_cuda') or 'disabled or does not fit'})")
+            out.append(Case(group, "d4k triton dot", variant(False, "dot", 1), bytes_moved=nbytes,
+                            note="one-hot int8 dot kernel"))
+            out.append(Case(group, "d4k triton hist", variant(False, "hist", 1), bytes_moved=nbytes,
+                            note="tl.histogram kernel"))
             out.append(Case(group, "d4k torch fallback (GPU)", fallback, bytes_moved=nbytes))
             sub = 64 if quick else 256
             out += _skimage_case(group, imgs[:1], size, sub,
