@@ -30,14 +30,14 @@ left() { local l=$(( BUDGET - ($(date +%s) - T0) )); (( l < $1 )) && echo $(( l 
 
 # 1. the CUDA tests: every test parametrised on ('triton', 'cuda'), the cuda-marked ones and the GLCM
 #    paths (triton runs on CUDA there); 8 workers so the Triton/inductor compiles use the host cores
-timeout "$(left 150)" python3 -m pytest -q -n 8 -p no:cacheprovider -p no:benchmark tests -k "${D4K_GPU_TESTS:-cuda or triton or glcm}" -rf 2>&1 \
+timeout "$(left ${D4K_GPU_TEST_LIMIT:-150})" python3 -m pytest -q -n 8 -p no:cacheprovider -p no:benchmark tests -k "${D4K_GPU_TESTS:-cuda or triton or glcm}" -rf 2>&1 \
   | tee "$OUT/tests_cuda.log" | tail -n 25
 tests_rc=${PIPESTATUS[0]}
 
 # 2. the 4K benchmarks, one table per op family (d4k beside its peers); JSON rows are written after every
 #    group, so a family stopped by its limit keeps what it finished
 bench_rc=0
-declare -A LIMIT=([haar]=70 [wavelet_loss]=70 [upconv]=60 [glcm]=45)
+declare -A LIMIT=([haar]=70 [wavelet_loss]=${D4K_GPU_WLF_LIMIT:-70} [upconv]=60 [glcm]=45)
 for op in ${D4K_GPU_OPS:-wavelet_loss haar upconv glcm}; do
   timeout "$(left "${LIMIT[$op]}")" python3 -m d4k_kernels.cli bench --device cuda --op "$op" --json "$OUT/bench_$op.json" \
     > "$OUT/bench_$op.log" 2>&1 || { echo "bench $op stopped (rc $?), see bench_$op.log"; bench_rc=1; }
@@ -46,14 +46,16 @@ done
 if [[ "${D4K_GPU_PROFILE:-0}" == 1 ]]; then
   timeout "$(left 40)" python3 bench/gpu_profile_wlf.py > "$OUT/profile_wlf.log" 2>&1 || echo "wlf profile stopped (rc $?)"
 fi
-if [[ "${D4K_GPU_SWEEP:-0}" == 1 ]]; then
-  timeout "$(left 90)" python3 bench/gpu_sweep.py ${D4K_GPU_SWEEP_ARGS:-} > "$OUT/sweep.log" 2>&1 || echo "sweep stopped (rc $?)"
-fi
 # 4. VAE decodes take seconds each: one table of time, peak memory and PSNR against the untiled decode
 #    (untiled, diffusers tiled, exact tiled, SC-VAE F16, Flux 8192^2 last) instead of the repeated-timing
 #    runner; D4K_GPU_VAE_ARGS adds e.g. "--tiles 128,256 --only REGEX"
-timeout "$(left 110)" python3 -m d4k_kernels.benchmarks.vae --device cuda ${D4K_GPU_VAE_ARGS:-} > "$OUT/vae_memory.log" 2>&1 \
+timeout "$(left ${D4K_GPU_VAE_LIMIT:-110})" python3 -m d4k_kernels.benchmarks.vae --device cuda ${D4K_GPU_VAE_ARGS:-} > "$OUT/vae_memory.log" 2>&1 \
   || { echo "vae memory table stopped (rc $?), see vae_memory.log"; bench_rc=1; }
+
+# 5. launch-configuration sweeps (GPU time of variants), when asked for
+if [[ "${D4K_GPU_SWEEP:-0}" == 1 ]]; then
+  timeout "$(left 90)" python3 bench/gpu_sweep.py ${D4K_GPU_SWEEP_ARGS:-} > "$OUT/sweep.log" 2>&1 || echo "sweep stopped (rc $?)"
+fi
 
 {
 echo

@@ -65,4 +65,4 @@ def wlf(budget_s: float):
 if __name__ == "__main__":
     which = sys.argv[1:] or ["wlf", "haar"]
     for w in which:
-        {"wlf": wlf, "haar": haar}[w](budget_s=40.0)
+        {"wlf": wlf, "haar": haar}[w](budget_s=25.0)
