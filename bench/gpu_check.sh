@@ -30,8 +30,8 @@ left() { local l=$(( BUDGET - ($(date +%s) - T0) )); (( l < $1 )) && echo $(( l 
 
 # 1. the CUDA tests: every test parametrised on ('triton', 'cuda'), the cuda-marked ones and the GLCM
 #    paths (triton runs on CUDA there); 8 workers so the Triton/inductor compiles use the host cores
-timeout "$(left ${D4K_GPU_TEST_LIMIT:-150})" python3 -m pytest -q -n 8 -p no:cacheprovider -p no:benchmark tests -k "${D4K_GPU_TESTS:-cuda or triton or glcm}" -rf 2>&1 \
-  | tee "$OUT/tests_cuda.log" | tail -n 25
+timeout "$(left ${D4K_GPU_TEST_LIMIT:-150})" python3 -m pytest -v -n 8 -p no:cacheprovider -p no:benchmark tests -k "${D4K_GPU_TESTS:-cuda or triton or glcm}" -rf 2>&1 \
+  | tee "$OUT/tests_cuda.log" | grep -E "FAILED|ERROR|passed|failed" | tail -n 25
 tests_rc=${PIPESTATUS[0]}
 
 # 2. the 4K benchmarks, one table per op family (d4k beside its peers); JSON rows are written after every
