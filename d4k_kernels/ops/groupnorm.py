@@ -229,7 +229,12 @@ if triton is not None:
         v = tl.load(x_ptr + src, mask=mask, other=0.0).to(tl.float32)
         v = v * a + b
         if SILU:
-            v = v * tl.sigmoid(v)
+            # as the untiled model computes it: GroupNorm's output rounded to the tensor dtype, then
+            # SiLU in fp32 as torch's kernel writes it, x / (1 + exp(-x)), rounded again (for 16-bit
+            # dtypes one rounding instead of two changes ~1 ulp in many elements: exact tiled decoding
+            # must match the untiled decode, not be more precise than it)
+            v = v.to(y_ptr.dtype.element_ty).to(tl.float32)
+            v = v / (1.0 + tl.exp(-v))
         tl.store(y_ptr + pid_nc.to(tl.int64) * HW + e.to(tl.int64), v.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -313,10 +318,10 @@ def _apply_torch(x, mean, rstd, weight, bias, num_groups, silu):
     N, C, H, W = x.shape
     cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
     scale, shift = channel_scale_shift(mean, rstd, weight, bias, num_groups, C, cdt)
-    v = torch.addcmul(shift.view(N, C, 1, 1), x.to(cdt), scale.view(N, C, 1, 1))
-    if silu:
+    v = torch.addcmul(shift.view(N, C, 1, 1), x.to(cdt), scale.view(N, C, 1, 1)).to(x.dtype)
+    if silu:  # on the x.dtype result, as F.silu(F.group_norm(x)) rounds twice for 16-bit x
         v = torch.nn.functional.silu(v)
-    return v.to(x.dtype)
+    return v
 
 
 # --------------------------------------------------------------------------------------------------

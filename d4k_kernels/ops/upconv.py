@@ -33,8 +33,8 @@ of u is ever materialised; accumulation is fp32. Two variants, picked by the aut
   offsets side by side ([BW, DP*BN]); a finished row's partial sums go through a per-program fp32 scratch
   slot and are read back shifted by dx and summed (BW - (D-1) output columns per program).
 
-For bf16/fp16 inputs the dot operands are in the input dtype (activations rounded once, as torch's bf16
-tail does); for fp32 inputs the dot runs in full fp32 (``input_precision="ieee"``, no TF32). Any strides
+For bf16/fp16 inputs the dot operands are in the input dtype (GroupNorm output and activation each rounded to
+it, as torch's bf16 tail does); for fp32 inputs the dot runs in full fp32 (``input_precision="ieee"``, no TF32). Any strides
 (non-contiguous x is read in place). 64-bit scalar bases; per-element offsets are int32 unless an in-tile
 offset could reach 2^31 (then the INT64 variant).
 
@@ -118,9 +118,10 @@ if triton is not None:
     @triton.jit
     def _activate(v, a, b, m, x_ptr, w_ptr):
         """GroupNorm apply (per-channel scale a, shift b) + SiLU on a [BW, BC] block, zero outside ``m``;
-        rounded to the input dtype (as torch's 16-bit tail does), then to the dot operand dtype."""
-        v = v.to(tl.float32) * a[None, :] + b[None, :]
-        v = v * tl.sigmoid(v)
+        as torch's tail in the input dtype computes it: GroupNorm rounded to the input dtype, SiLU in
+        fp32 as x / (1 + exp(-x)), rounded again; then to the dot operand dtype."""
+        v = (v.to(tl.float32) * a[None, :] + b[None, :]).to(x_ptr.dtype.element_ty).to(tl.float32)
+        v = v / (1.0 + tl.exp(-v))
         return tl.where(m, v, 0.0).to(x_ptr.dtype.element_ty).to(w_ptr.dtype.element_ty)
 
     @triton.jit
