@@ -49,7 +49,7 @@ def _skimage_case(group: str, imgs: np.ndarray, size: int, max_patches, label: s
         for im in imgs:
             patch_scores(im, size=size, max_patches=max_patches)
 
-    return [Case(group, label, fn, note="the paper's per-patch skimage loop")]
+    return [Case(group, label, fn, note="the paper's per-patch skimage loop", graph=False)]  # CPU work
 
 
 def _threads(n: int, f):
