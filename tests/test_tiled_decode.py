@@ -277,17 +277,6 @@ def test_waiting_tile_holds_no_tensor_outside_its_live_state(seed):
         assert n_yields == 2 * sum(len(b.resnets) for b in dec.up_blocks) + 1
 
 
-@pytest.fixture
-def no_tf32():
-    """fp32 means fp32: cuDNN convolutions default to TF32 on Ampere and later, and then two decodes
-    whose convs run on different shapes (tiled, untiled) differ at TF32 rounding (~1e-3; the H200 run
-    of 2026-11-27 saw 1.06e-3), as two untiled decodes with different cuDNN algorithms would."""
-    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
-
-
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_offload_and_kernels(seed, dtype, no_tf32):

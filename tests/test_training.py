@@ -115,7 +115,7 @@ def _released_step(transformer, family, latents, ehs, pool, noise, u, scheme, gu
 
 @pytest.mark.parametrize("family,scheme", [("flux", "logit_normal"), ("flux-noguidance", "cosmap"),
                                            ("sd3", "sigma_sqrt"), ("sd3", "none")])
-def test_step_matches_released_formula(backend_device, seed, family, scheme):
+def test_step_matches_released_formula(backend_device, seed, family, scheme, no_tf32):
     _, dev = backend_device
     model = {"flux": lambda: tiny_flux(True), "flux-noguidance": lambda: tiny_flux(False), "sd3": tiny_sd3}[family]()
     model = model.to(dev)
