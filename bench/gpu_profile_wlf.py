@@ -10,6 +10,7 @@ from triton.testing import do_bench
 
 from d4k_kernels import wavelet_loss
 from d4k_kernels.benchmarks import time_graph
+from d4k_kernels.benchmarks.wavelet_loss import wlf_inputs
 
 
 @triton.jit
@@ -25,13 +26,7 @@ def main():
     print(f"torch.add(1 elem): eager {do_bench(lambda: torch.add(x, 1), return_mode='median') * 1e3:.1f} us, "
           f"graph {time_graph(lambda: torch.add(x, 1)) * 1e3:.1f} us")
     for shape in [(4, 16, 512, 512), (1, 16, 512, 512)]:
-        g = torch.Generator(device="cpu").manual_seed(0)
-        mk = lambda: torch.randn(shape, generator=g).to(dev, torch.bfloat16)  # noqa: E731
-        pred = mk().requires_grad_(True)
-        xt, x0 = mk(), mk()
-        N = shape[0]
-        sig = torch.rand(N, 1, 1, 1, generator=g).to(dev, torch.bfloat16)
-        w = (0.5 + torch.rand(N, 1, 1, 1, generator=g)).to(dev)
+        pred, xt, x0, sig, w = wlf_inputs(shape, torch.bfloat16, dev)
 
         def fwd():
             with torch.no_grad():

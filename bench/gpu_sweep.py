@@ -10,6 +10,7 @@ import torch
 
 from d4k_kernels import dwt2, idwt2, wavelet_loss
 from d4k_kernels.benchmarks import time_graph
+from d4k_kernels.benchmarks.wavelet_loss import wlf_inputs
 from d4k_kernels.ops import haar as H
 from d4k_kernels.ops import wavelet_loss as WL
 
@@ -43,13 +44,7 @@ def wlf(budget_s: float):
     dev = torch.device("cuda")
     cases = []
     for shape in [(4, 16, 512, 512), (1, 16, 512, 512), (4, 16, 256, 256)]:
-        g = torch.Generator(device="cpu").manual_seed(0)
-        mk = lambda: torch.randn(shape, generator=g).to(dev, torch.bfloat16)  # noqa: E731
-        pred = mk().requires_grad_(True)
-        xt, x0 = mk(), mk()
-        N = shape[0]
-        sig = torch.rand(N, 1, 1, 1, generator=g).to(dev, torch.bfloat16)
-        w = (0.5 + torch.rand(N, 1, 1, 1, generator=g)).to(dev)
+        pred, xt, x0, sig, w = wlf_inputs(shape, torch.bfloat16, dev)
         cases.append(lambda p=pred, a=xt, b=x0, s=sig, ww=w: torch.autograd.grad(wavelet_loss(p, a, b, s, ww), p)[0])
     t0 = time.time()
     print("wlf BHxBW warps   fwd+bwd (4,16,512^2)  (1,16,512^2)  (4,16,256^2)   [us, graph replay]")

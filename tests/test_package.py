@@ -170,3 +170,20 @@ def test_d4k_entry_point_runs_as_module():
     r = subprocess.run([sys.executable, "-m", "d4k_kernels.cli", "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "bench" in r.stdout and "eval" in r.stdout
+
+
+def test_env_tile_settings(monkeypatch):
+    from d4k_kernels._checks import env_tile
+
+    monkeypatch.setenv("D4K_X_TILE", "16x256")
+    monkeypatch.setenv("D4K_X_WARPS", "8")
+    assert env_tile("D4K_X_TILE", "32x128", "D4K_X_WARPS", 4) == ((16, 256), 8)
+    monkeypatch.delenv("D4K_X_TILE")
+    monkeypatch.delenv("D4K_X_WARPS")
+    assert env_tile("D4K_X_TILE", "32x128", "D4K_X_WARPS", 4) == ((32, 128), 4)
+    monkeypatch.setenv("D4K_X_TILE", "24x128")
+    with pytest.raises(ValueError, match="D4K_X_TILE rows must be a power of two, got 24"):
+        env_tile("D4K_X_TILE", "32x128", "D4K_X_WARPS", 4)
+    monkeypatch.setenv("D4K_X_TILE", "big")
+    with pytest.raises(ValueError, match="D4K_X_TILE must look like 32x128"):
+        env_tile("D4K_X_TILE", "32x128", "D4K_X_WARPS", 4)

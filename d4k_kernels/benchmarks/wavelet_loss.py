@@ -20,18 +20,26 @@ import torch
 from . import Case
 
 
-def _group_cases(shape, dtype, device, quick: bool, extra: bool = False) -> List[Case]:
-    from ..ops.wavelet_loss import wavelet_loss
-    from ..reference.peers import optional
-    from ..reference.wavelet_loss import plain_torch_formula, released_formula
-
-    g = torch.Generator(device="cpu").manual_seed(0)
+def wlf_inputs(shape, dtype, device, seed: int = 0):
+    """(pred requiring grad, x_t, x0, sigma (N,1,1,1) in dtype, weighting (N,1,1,1) fp32) as a training
+    step has them; also used by bench/gpu_profile_wlf.py and bench/gpu_sweep.py."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
     mk = lambda: torch.randn(shape, generator=g).to(device=device, dtype=dtype)  # noqa: E731
     pred = mk().requires_grad_(True)
     xt, x0 = mk(), mk()
     N = shape[0]
     sig = torch.rand(N, 1, 1, 1, generator=g).to(device=device, dtype=dtype)
     w = (0.5 + torch.rand(N, 1, 1, 1, generator=g)).to(device=device)
+    return pred, xt, x0, sig, w
+
+
+def _group_cases(shape, dtype, device, quick: bool, extra: bool = False) -> List[Case]:
+    from ..ops.wavelet_loss import wavelet_loss
+    from ..reference.peers import optional
+    from ..reference.wavelet_loss import plain_torch_formula, released_formula
+
+    pred, xt, x0, sig, w = wlf_inputs(shape, dtype, device)
+    N = shape[0]
 
     def fwd_bwd(fn):
         def run():

@@ -52,7 +52,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from .. import backend
-from .._checks import check_choice, check_int, check_tensor
+from .._checks import check_choice, check_int, check_tensor, env_tile
 
 __all__ = ["dwt2", "idwt2", "DWTForward", "DWTInverse", "to_pywt", "from_pywt", "max_levels", "MODES"]
 
@@ -69,14 +69,7 @@ def _env_tile():
     """Input pixels (rows, cols) per program before the 2^L minimum, and warps per program.
     D4K_HAAR_TILE=32x128 and D4K_HAAR_WARPS=4 override them (for tuning on a GPU); both
     tile sides must be powers of two."""
-    import os
-
-    rows, cols = (int(v) for v in os.environ.get("D4K_HAAR_TILE", "32x128").lower().split("x"))
-    warps = int(os.environ.get("D4K_HAAR_WARPS", "4"))
-    for v, what in ((rows, "D4K_HAAR_TILE rows"), (cols, "D4K_HAAR_TILE cols"), (warps, "D4K_HAAR_WARPS")):
-        if v < 1 or v & (v - 1):
-            raise ValueError(f"{what} must be a power of two, got {v}")
-    return (rows, cols), warps
+    return env_tile("D4K_HAAR_TILE", "32x128", "D4K_HAAR_WARPS", 4)
 
 
 _TILE, _NUM_WARPS = _env_tile()

@@ -53,13 +53,12 @@ the transform, which gives the same loss up to float rounding.
 from __future__ import annotations
 
 import functools
-import os
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 
 from .. import backend
-from .._checks import check_choice, check_int, check_same, check_tensor
+from .._checks import check_choice, check_int, check_same, check_tensor, env_tile
 
 __all__ = ["wavelet_loss", "wavelet_mse", "wavelet_energy", "coefficient_count", "MAX_LEVELS"]
 
@@ -311,13 +310,8 @@ def _next_pow2(v: int) -> int:
 def _env_gpu_tile() -> Tuple[Tuple[int, int], int]:
     """Level-1 blocks (BH, BW) per program on a GPU and warps per program: 8x64 (a 16 x 128 pixel
     tile) and 4 warps unless D4K_WLF_TILE=BHxBW / D4K_WLF_WARPS say otherwise (powers of two; for
-    tuning on a GPU)."""
-    bh, bw = (int(v) for v in os.environ.get("D4K_WLF_TILE", "8x64").lower().split("x"))
-    warps = int(os.environ.get("D4K_WLF_WARPS", "4"))
-    for v, what in ((bh, "D4K_WLF_TILE rows"), (bw, "D4K_WLF_TILE cols"), (warps, "D4K_WLF_WARPS")):
-        if v < 1 or v & (v - 1):
-            raise ValueError(f"{what} must be a power of two, got {v}")
-    return (bh, bw), warps
+    tuning on a GPU; the H200 sweep of 2026-11-27 found the default best or tied)."""
+    return env_tile("D4K_WLF_TILE", "8x64", "D4K_WLF_WARPS", 4)
 
 
 _GPU_TILE, _WARPS = _env_gpu_tile()
