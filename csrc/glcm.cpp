@@ -112,13 +112,14 @@ void scores_impl(const uint8_t* g, const Geometry& G, int64_t patch, int64_t qdi
   make_lut(qdiv, lut);
   at::parallel_for(0, total, 1, [&](int64_t begin, int64_t end) {
     std::vector<uint8_t> pb((size_t)Y.W * Y.H);
-    std::vector<T> tab((size_t)(std::max(1, Y.U) * Y.TS), 0);
+    std::vector<T> tabv((size_t)(std::max(1, Y.U) * Y.TS) + 64 / sizeof(T), 0);
+    T* tab = (T*)(((uintptr_t)tabv.data() + 63) & ~(uintptr_t)63);  // 64-byte aligned (vector scans)
     KeyAcc acc(nkeys);
     CountHist H(patch * patch, (int64_t)levels_of(Y) * levels_of(Y));
     for (int64_t p = begin; p < end; ++p) {
       fill_padded(patch_ptr(g, G, patch, p), G.sh, G.sw, lut, Y, pb.data());
       out[p] = patch_entropy<T>(pb.data(), Y, paper, mult, keytab, keystride, zeros_extra, flog, log2T, T_,
-                                tab.data(), acc, H);
+                                tab, acc, H);
     }
   });
 }

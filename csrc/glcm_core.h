@@ -35,6 +35,7 @@ struct Layout {
   std::vector<int> dr, dc;     // offsets (only those with |dr| < P and |dc| < P)
   std::vector<int> delta;      // dr * W + dc
   std::vector<int> src;        // index of each kept offset in the caller's list
+  std::vector<uint32_t> vmask; // per 32 cells of a table (flat, from its start): bit set = a valid cell
 };
 
 inline Layout make_layout(int P, int L, const int* off, int Uall) {
@@ -61,6 +62,9 @@ inline Layout make_layout(int P, int L, const int* off, int Uall) {
   Y.RS = L + 1;
   Y.TS = (int64_t)L * Y.RS;
   for (int u = 0; u < Y.U; ++u) Y.delta.push_back(Y.dr[u] * Y.W + Y.dc[u]);
+  Y.vmask.assign((size_t)((Y.TS + 31) / 32), 0u);
+  for (int64_t i = 0; i < Y.TS; ++i)
+    if (i % Y.RS < L) Y.vmask[(size_t)(i / 32)] |= 1u << (i % 32);
   return Y;
 }
 
@@ -69,6 +73,24 @@ inline Layout make_layout(int P, int L, const int* off, int Uall) {
 inline void fill_padded(const uint8_t* src, int64_t sh, int64_t sw, const uint8_t* lut, const Layout& Y,
                         uint8_t* pb) {
   std::memset(pb, Y.L, (size_t)Y.W * Y.H);
+#if defined(__AVX512VBMI__) && defined(__AVX512BW__)
+  if (sw == 1) {  // 256-entry byte LUT by two 128-entry permutes and a blend on the index's top bit
+    const __m512i t0 = _mm512_loadu_si512((const void*)lut), t1 = _mm512_loadu_si512((const void*)(lut + 64)),
+                  t2 = _mm512_loadu_si512((const void*)(lut + 128)), t3 = _mm512_loadu_si512((const void*)(lut + 192));
+    for (int r = 0; r < Y.P; ++r) {
+      const uint8_t* row = src + r * sh;
+      uint8_t* out = pb + (int64_t)(r + Y.top) * Y.W + Y.left;
+      for (int c = 0; c < Y.P; c += 64) {
+        const int n = std::min(64, Y.P - c);
+        const __mmask64 m = n == 64 ? ~(__mmask64)0 : (((__mmask64)1 << n) - 1);
+        const __m512i idx = _mm512_maskz_loadu_epi8(m, (const void*)(row + c));
+        const __m512i lo = _mm512_permutex2var_epi8(t0, idx, t1), hi = _mm512_permutex2var_epi8(t2, idx, t3);
+        _mm512_mask_storeu_epi8((void*)(out + c), m, _mm512_mask_blend_epi8(_mm512_movepi8_mask(idx), lo, hi));
+      }
+    }
+    return;
+  }
+#endif
   for (int r = 0; r < Y.P; ++r) {
     const uint8_t* row = src + r * sh;
     uint8_t* out = pb + (int64_t)(r + Y.top) * Y.W + Y.left;
@@ -110,12 +132,13 @@ inline bool is_paper(const Layout& Y) {
   return true;
 }
 
-template <int u>
+template <int u, int slot = u>
 inline void paper_step(const uint8_t* pp, uint16_t* base) {
   constexpr int d = kPaperOff[2 * u] * kPaperW + kPaperOff[2 * u + 1];
-  ++base[u * kPaperTS + pp[d]];
+  ++base[slot * kPaperTS + pp[d]];
 }
 
+// Offsets U0..U1-1 into tables tab[0..U1-U0) (the caller passes tab + U0 * kPaperTS to keep 14 apart).
 template <int U0, int U1>
 inline void count_paper_range(const uint8_t* pb, uint16_t* tab) {
   for (int r = 0; r < 64; ++r) {
@@ -123,20 +146,20 @@ inline void count_paper_range(const uint8_t* pb, uint16_t* tab) {
     for (int c = 0; c < 64; ++c) {
       const uint8_t* pp = row + c;
       uint16_t* base = tab + (int64_t)pp[0] * kPaperRS;
-      if constexpr (U0 <= 0 && 0 < U1) paper_step<0>(pp, base);
-      if constexpr (U0 <= 1 && 1 < U1) paper_step<1>(pp, base);
-      if constexpr (U0 <= 2 && 2 < U1) paper_step<2>(pp, base);
-      if constexpr (U0 <= 3 && 3 < U1) paper_step<3>(pp, base);
-      if constexpr (U0 <= 4 && 4 < U1) paper_step<4>(pp, base);
-      if constexpr (U0 <= 5 && 5 < U1) paper_step<5>(pp, base);
-      if constexpr (U0 <= 6 && 6 < U1) paper_step<6>(pp, base);
-      if constexpr (U0 <= 7 && 7 < U1) paper_step<7>(pp, base);
-      if constexpr (U0 <= 8 && 8 < U1) paper_step<8>(pp, base);
-      if constexpr (U0 <= 9 && 9 < U1) paper_step<9>(pp, base);
-      if constexpr (U0 <= 10 && 10 < U1) paper_step<10>(pp, base);
-      if constexpr (U0 <= 11 && 11 < U1) paper_step<11>(pp, base);
-      if constexpr (U0 <= 12 && 12 < U1) paper_step<12>(pp, base);
-      if constexpr (U0 <= 13 && 13 < U1) paper_step<13>(pp, base);
+      if constexpr (U0 <= 0 && 0 < U1) paper_step<0, 0 - U0>(pp, base);
+      if constexpr (U0 <= 1 && 1 < U1) paper_step<1, 1 - U0>(pp, base);
+      if constexpr (U0 <= 2 && 2 < U1) paper_step<2, 2 - U0>(pp, base);
+      if constexpr (U0 <= 3 && 3 < U1) paper_step<3, 3 - U0>(pp, base);
+      if constexpr (U0 <= 4 && 4 < U1) paper_step<4, 4 - U0>(pp, base);
+      if constexpr (U0 <= 5 && 5 < U1) paper_step<5, 5 - U0>(pp, base);
+      if constexpr (U0 <= 6 && 6 < U1) paper_step<6, 6 - U0>(pp, base);
+      if constexpr (U0 <= 7 && 7 < U1) paper_step<7, 7 - U0>(pp, base);
+      if constexpr (U0 <= 8 && 8 < U1) paper_step<8, 8 - U0>(pp, base);
+      if constexpr (U0 <= 9 && 9 < U1) paper_step<9, 9 - U0>(pp, base);
+      if constexpr (U0 <= 10 && 10 < U1) paper_step<10, 10 - U0>(pp, base);
+      if constexpr (U0 <= 11 && 11 < U1) paper_step<11, 11 - U0>(pp, base);
+      if constexpr (U0 <= 12 && 12 < U1) paper_step<12, 12 - U0>(pp, base);
+      if constexpr (U0 <= 13 && 13 < U1) paper_step<13, 13 - U0>(pp, base);
     }
   }
 }
@@ -176,16 +199,16 @@ inline void count_paper(const uint8_t* pb, uint16_t* tab) {
   count_paper_range<0, 14>(pb, tab);
 #elif D4K_GLCM_PASSES == 2
   count_paper_range<0, 7>(pb, tab);
-  count_paper_range<7, 14>(pb, tab);
+  count_paper_range<7, 14>(pb, tab + 7 * kPaperTS);
 #elif D4K_GLCM_PASSES == 3
   count_paper_range<0, 5>(pb, tab);
-  count_paper_range<5, 10>(pb, tab);
-  count_paper_range<10, 14>(pb, tab);
+  count_paper_range<5, 10>(pb, tab + 5 * kPaperTS);
+  count_paper_range<10, 14>(pb, tab + 10 * kPaperTS);
 #else
   count_paper_range<0, 4>(pb, tab);
-  count_paper_range<4, 7>(pb, tab);
-  count_paper_range<7, 11>(pb, tab);
-  count_paper_range<11, 14>(pb, tab);
+  count_paper_range<4, 7>(pb, tab + 4 * kPaperTS);
+  count_paper_range<7, 11>(pb, tab + 7 * kPaperTS);
+  count_paper_range<11, 14>(pb, tab + 11 * kPaperTS);
 #endif
 }
 
@@ -221,23 +244,46 @@ inline void count_tables(const uint8_t* pb, const Layout& Y, bool paper, T* tab)
   count_generic<T>(pb, Y, tab);
 }
 
-struct KeyAcc {
-  std::vector<int64_t> n;        // per key multiplicity
-  std::vector<int32_t> touched;  // keys with n != 0
-  explicit KeyAcc(int64_t k) : n(k, 0) { touched.reserve(4096); }
+struct KeyAcc {  // multiplicity per key; every add also appends its key to a list (no branch on "new key")
+  std::vector<int64_t> n;     // per key multiplicity
+  std::vector<int32_t> list;  // keys added since the last flush (repeats allowed)
+  int64_t len = 0;
+  explicit KeyAcc(int64_t k) : n(k, 0), list(8192) {}
+  inline void reserve(int64_t more) {
+    if (len + more > (int64_t)list.size()) list.resize((size_t)(2 * (len + more)));
+  }
+  inline void add_unchecked(int32_t key, int64_t w) {  // after reserve()
+    n[key] += w;
+    list[len++] = key;
+  }
   inline void add(int32_t key, int64_t w) {
     if (w == 0) return;
-    if (n[key] == 0) touched.push_back(key);
-    n[key] += w;
+    reserve(1);
+    add_unchecked(key, w);
   }
+  // A repeated key reads n == 0 the second time: flog[0] = 0 adds nothing. Four partial sums: one
+  // chain of float64 adds (4 cycles each) over ~1-2 K keys per patch was the slowest part.
   double flush(const double* flog) {
-    double s = 0.0;
-    for (int32_t k : touched) {
-      s += flog[n[k]];
+    double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+    int64_t i = 0;
+    for (; i + 4 <= len; i += 4) {
+      const int32_t a = list[i], b = list[i + 1], c = list[i + 2], d = list[i + 3];
+      s0 += flog[n[a]];
+      n[a] = 0;
+      s1 += flog[n[b]];
+      n[b] = 0;
+      s2 += flog[n[c]];
+      n[c] = 0;
+      s3 += flog[n[d]];
+      n[d] = 0;
+    }
+    for (; i < len; ++i) {
+      const int32_t k = list[i];
+      s0 += flog[n[k]];
       n[k] = 0;
     }
-    touched.clear();
-    return s;
+    len = 0;
+    return (s0 + s1) + (s2 + s3);
   }
 };
 
@@ -371,6 +417,61 @@ inline void accumulate_table(T* t, const Layout& Y, const int32_t* keys, int64_t
   H.len = 0;
 }
 
+#if defined(__AVX512BW__) && defined(__AVX512VBMI2__)
+// The same for uint16 tables, in two steps: the nonzero counts of the table are compress-stored into
+// H.big (a natural patch has ~150 of 4096 per table) while the table is zeroed; then that short list is
+// counted: values 1, 2, 3 by vector compares, larger ones compressed again and histogrammed.
+inline void accumulate_table_nz(uint16_t* t, const Layout& Y, const int32_t* keys, int64_t mult, KeyAcc& acc,
+                                CountHist& H) {
+  // the table as flat runs of 32 cells (aligned when t is: the paper's tables are 130 x 64 bytes), the
+  // garbage column masked out by Y.vmask; the last run stops at the table's end (reads past it are
+  // masked, and the caller's buffer has room for them)
+  const int L = Y.L;
+  const int64_t TS = Y.TS, nv = (TS + 31) / 32;
+  const uint32_t* vm = Y.vmask.data();
+  uint16_t* st = H.big.data();
+  int64_t n = 0;
+  const __m512i zero = _mm512_setzero_si512();
+  const int64_t full = TS / 32;
+  for (int64_t i = 0; i < full; ++i) {
+    const __m512i v = _mm512_loadu_si512((const void*)(t + 32 * i));
+    _mm512_storeu_si512((void*)(t + 32 * i), zero);
+    const __mmask32 m = _mm512_mask_test_epi16_mask((__mmask32)vm[i], v, v);
+    _mm512_storeu_si512((void*)(st + n), _mm512_maskz_compress_epi16(m, v));
+    n += __builtin_popcount((uint32_t)m);
+  }
+  if (full < nv) {
+    const __mmask32 in = (__mmask32)((1u << (TS % 32)) - 1);
+    const __m512i v = _mm512_maskz_loadu_epi16(in, (const void*)(t + 32 * full));
+    _mm512_mask_storeu_epi16((void*)(t + 32 * full), in, zero);
+    const __mmask32 m = _mm512_mask_test_epi16_mask((__mmask32)vm[full], v, v);
+    _mm512_storeu_si512((void*)(st + n), _mm512_maskz_compress_epi16(m, v));
+    n += __builtin_popcount((uint32_t)m);
+  }
+  _mm512_storeu_si512((void*)(st + n), zero);  // pad the list to a multiple of 32 with zeros
+  const __m512i k1 = _mm512_set1_epi16(1), k2 = _mm512_set1_epi16(2), k3 = _mm512_set1_epi16(3);
+  uint64_t c1 = 0, c2 = 0, c3 = 0;
+  int64_t nb = 0;
+  for (int64_t k = 0; k < n; k += 32) {  // in place: the compressed store never passes the read point
+    const __m512i v = _mm512_loadu_si512((const void*)(st + k));
+    c1 += __builtin_popcount((uint32_t)_mm512_cmpeq_epi16_mask(v, k1));
+    c2 += __builtin_popcount((uint32_t)_mm512_cmpeq_epi16_mask(v, k2));
+    c3 += __builtin_popcount((uint32_t)_mm512_cmpeq_epi16_mask(v, k3));
+    const __mmask32 m = _mm512_cmpgt_epu16_mask(v, k3);
+    _mm512_storeu_si512((void*)(st + nb), _mm512_maskz_compress_epi16(m, v));
+    nb += __builtin_popcount((uint32_t)m);
+  }
+  acc.reserve(nb + 4);
+  // counts >= 4 straight into the key multiplicities: no per-table histogram, whose "first time seen"
+  // bookkeeping made every element wait for the previous one's load
+  for (int64_t k = 0; k < nb; ++k) acc.add_unchecked(keys[st[k]], mult);
+  acc.add_unchecked(keys[0], mult * ((int64_t)L * L - n));
+  acc.add_unchecked(keys[1], mult * (int64_t)c1);
+  acc.add_unchecked(keys[2], mult * (int64_t)c2);
+  acc.add_unchecked(keys[3], mult * (int64_t)c3);
+}
+#endif
+
 // Distinct-value entropy of one padded patch. tab: U tables (zeroed, left zeroed); acc, H: empty.
 // mult/keytab are indexed by the caller's offset list (Y.src); zeros_extra: cells of the slices whose
 // offsets have no pair inside a patch (all zero), already times their multiplicity.
@@ -378,9 +479,34 @@ template <typename T>
 inline double patch_entropy(const uint8_t* pb, const Layout& Y, bool paper, const int64_t* mult,
                             const int32_t* keytab, int64_t keystride, int64_t zeros_extra, const double* flog,
                             double log2T, double T_, T* tab, KeyAcc& acc, CountHist& H) {
+#if defined(__AVX512BW__) && defined(__AVX512VBMI2__)
+  if constexpr (sizeof(T) == 2) {
+    if (paper) {  // each pass's tables are scanned (and zeroed) while in L1; every pass reuses tab[0..5)
+      uint16_t* t = (uint16_t*)tab;
+      auto scan = [&](int u0, int u1) {
+        for (int u = u0; u < u1; ++u)
+          accumulate_table_nz(t + (u - u0) * Y.TS, Y, keytab + Y.src[u] * keystride, mult[Y.src[u]], acc, H);
+      };
+      count_paper_range<0, 5>(pb, t);
+      scan(0, 5);
+      count_paper_range<5, 10>(pb, t);
+      scan(5, 10);
+      count_paper_range<10, 14>(pb, t);
+      scan(10, 14);
+      acc.add(keytab[0], zeros_extra);
+      return log2T - acc.flush(flog) / T_;
+    }
+  }
+#endif
   count_tables<T>(pb, Y, paper, tab);
   for (int u = 0; u < Y.U; ++u) {
     const int s = Y.src[u];
+#if defined(__AVX512BW__) && defined(__AVX512VBMI2__)
+    if constexpr (sizeof(T) == 2) {
+      accumulate_table_nz((uint16_t*)tab + u * Y.TS, Y, keytab + s * keystride, mult[s], acc, H);
+      continue;
+    }
+#endif
     accumulate_table<T>(tab + u * Y.TS, Y, keytab + s * keystride, mult[s], acc, H);
   }
   acc.add(keytab[0], zeros_extra);  // key of the value 0 (c = 0) is the same for every offset
