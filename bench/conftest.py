@@ -2,6 +2,9 @@
 
 Each bench_<op>.py parametrises over d4k_kernels.benchmarks.<op>.cases(device): one benchmark
 group per shape, d4k beside its peers. On CUDA the 4K shapes run; on the CPU small ones.
+On CUDA every call is followed by a synchronisation, so small ops include the host's launch costs;
+D4K_BENCH_GRAPH=1 times replays of a CUDA graph of each case instead (GPU time; cases that are host
+work, like the skimage loop, stay eager). `d4k bench` prints both.
 """
 import os
 
@@ -12,6 +15,7 @@ from d4k_kernels.benchmarks import resolve_device
 
 DEVICE = resolve_device(os.environ.get("D4K_BENCH_DEVICE", "auto"))
 QUICK = os.environ.get("D4K_BENCH_QUICK", "0") == "1"
+GRAPH = os.environ.get("D4K_BENCH_GRAPH", "0") == "1"
 
 
 def case_params(family: str):
@@ -29,8 +33,15 @@ def run_case(benchmark, case):
     if case.bytes_moved:
         benchmark.extra_info["bytes_moved"] = case.bytes_moved
     if DEVICE.type == "cuda":
+        run = case.fn
+        if GRAPH and case.graph:
+            from d4k_kernels.benchmarks import capture_graph
+
+            run = capture_graph(case.fn).replay
+            benchmark.extra_info["timing"] = "CUDA-graph replay"
+
         def fn():
-            case.fn()
+            run()
             torch.cuda.synchronize()
     else:
         fn = case.fn

@@ -74,6 +74,14 @@ def time_graph(fn: Callable[[], object], quick: bool = False) -> float:
     ahead of the GPU) sees. Warm-up runs on a side stream, as torch.cuda.graphs asks."""
     from triton.testing import do_bench
 
+    graph = capture_graph(fn)
+    return float(do_bench(graph.replay, warmup=10 if quick else 25, rep=30 if quick else 100,
+                          return_mode="median"))
+
+
+def capture_graph(fn: Callable[[], object]) -> "torch.cuda.CUDAGraph":
+    """A CUDA graph of one call of ``fn`` (warmed up on a side stream first, as torch.cuda.graphs
+    asks), replayed once before it is returned."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -85,8 +93,7 @@ def time_graph(fn: Callable[[], object], quick: bool = False) -> float:
         fn()
     graph.replay()
     torch.cuda.synchronize()
-    return float(do_bench(graph.replay, warmup=10 if quick else 25, rep=30 if quick else 100,
-                          return_mode="median"))
+    return graph
 
 
 def copy_bandwidth(device: torch.device) -> Optional[float]:
