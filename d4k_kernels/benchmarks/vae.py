@@ -137,12 +137,20 @@ def memory_table(device: torch.device, quick: bool = False, extra_8k: bool = Tru
     rows = []
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     specs = _specs(device, quick)
-    for t in tiles:
-        base = next(sp for sp in specs if sp["mode"] == "d4k_tiled" and sp["stride"] == 1)
-        specs.insert(specs.index(base) + 1, dict(base, impl=f"d4k exact tiled, tile={t}", tile=t))
+    # order: what a time-limited GPU run needs most comes first (the untiled reference, the exact tiled
+    # decode and its PSNR, the 8192^2 decode, the tile sweep; then diffusers' tiling and the SC-VAE)
+    base = next(sp for sp in specs if sp["mode"] == "d4k_tiled" and sp["stride"] == 1)
+    at = specs.index(base) + 1
+    extra = []
     if device.type == "cuda" and extra_8k:
-        specs.append(dict(group="vae decode Flux F8 -> 8192^2 (1024^2 latent) bf16", impl="d4k exact tiled",
+        extra.append(dict(group="vae decode Flux F8 -> 8192^2 (1024^2 latent) bf16", impl="d4k exact tiled",
                           cfg=_flux_cfg(None), lat=1024, mode="d4k_tiled", stride=1, max_memory="24GiB"))
+    extra += [dict(base, impl=f"d4k exact tiled, tile={t}", tile=t) for t in tiles]
+    specs[at:at] = extra
+    dt = next((sp for sp in specs if sp["mode"] == "diffusers_tiled"), None)
+    if dt is not None:  # diffusers' (inexact) tiling after the d4k rows
+        specs.remove(dt)
+        specs.insert(at + len(extra) - 1, dt)
     if only:
         specs = [sp for sp in specs if re.search(only, f"{sp['group']} {sp['impl']}")]
     refs: Dict[str, torch.Tensor] = {}
