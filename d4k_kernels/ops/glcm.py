@@ -388,24 +388,13 @@ def _cuda_choice(device: torch.device, plan: _Plan):
     return (ext, threads, nacc16) if fits else None
 
 
-@functools.lru_cache(maxsize=64)
-def _cuda_tables(plan: _Plan, device: torch.device):
-    """Offsets that pair inside a patch (U, 2), their id table rows and multiplicities, flog, and the
-    zero cells of the left-out slices (same selection as the Triton path's _score_tables)."""
-    keytab, mult, flog, _ = _device_tables(plan, device)
-    P = plan.patch
-    kept = [u for u, (dr, dc) in enumerate(plan.uoffsets) if abs(dr) < P and abs(dc) < P]
-    offs = torch.tensor([plan.uoffsets[u] for u in kept] or [(0, 0)], dtype=torch.int32, device=device)
-    kidx = torch.tensor(kept or [0], dtype=torch.long, device=device)
-    kt = keytab.index_select(0, kidx).contiguous()
-    mu = mult.index_select(0, kidx).contiguous()
-    zeros_extra = sum(plan.mult[u] for u in range(len(plan.uoffsets)) if u not in kept) * plan.levels * plan.levels
-    return offs.reshape(-1, 2).contiguous(), len(kept), kt, mu, flog.contiguous(), zeros_extra
-
-
 def _cuda_scores(g, plan, qdiv, choice):
+    from ._glcm_triton import _score_tables  # the same offset selection and tables as the Triton path
+
     ext, threads, nacc16 = choice
-    offs, U, kt, mu, flog, zeros_extra = _cuda_tables(plan, g.device)
+    keytab, mult, flog, _ = _device_tables(plan, g.device)
+    kept, offs, kt, mu, zeros_extra = _score_tables(plan, g.device, keytab, mult)
+    U = len(kept)
     with torch.cuda.device(g.device):
         stream = torch.cuda.current_stream(g.device).cuda_stream
         s = ext.glcm_scores(_as_u8(g), plan.patch, offs, U, mu, kt, flog, plan.levels, qdiv, plan.nkeys, zeros_extra,
