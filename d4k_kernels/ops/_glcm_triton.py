@@ -44,6 +44,16 @@ def _tile_epilogue(acc, u, ok, ii, jj, patch, pid, out_ptr, key_ptr, mult_ptr, k
 
 
 @triton.jit
+def _patch_base(patch, ppi, pw, s_n, s_h, s_w, P: tl.constexpr):
+    """Global patch index (int64) and the element offset of its top-left pixel: patches are numbered
+    image by image, row-major, ``ppi`` per image and ``pw`` per row of patches."""
+    patch = patch.to(tl.int64)
+    img = patch // ppi
+    rem = patch % ppi
+    return patch, img * s_n + (rem // pw) * P * s_h + (rem % pw) * P * s_w
+
+
+@triton.jit
 def _glcm_tile_kernel(
     g_ptr, s_n, s_h, s_w,               # image (N, H, W), element strides
     off_ptr,                            # (U, 2) int32 offsets (row, col)
@@ -58,12 +68,7 @@ def _glcm_tile_kernel(
     blk = tl.program_id(2)              # (i-block, j-block)
     ib = (blk // NB) * BL
     jb = (blk % NB) * BL
-    patch = (p0 + pid).to(tl.int64)
-    img = patch // ppi
-    rem = patch % ppi
-    pr = rem // pw
-    pc = rem % pw
-    base = img * s_n + pr * P * s_h + pc * P * s_w
+    patch, base = _patch_base(p0 + pid, ppi, pw, s_n, s_h, s_w, P)
     dr0 = tl.load(off_ptr + 2 * u0)
     dc0 = tl.load(off_ptr + 2 * u0 + 1)
     u1 = tl.minimum(u0 + 1, U - 1)
@@ -120,12 +125,7 @@ def _glcm_hist_kernel(
     (SCORE) the histogram of those counts, whose non-empty bins go to the fraction ids."""
     pid = tl.program_id(0)
     u = tl.program_id(1)
-    patch = (p0 + pid).to(tl.int64)
-    img = patch // ppi
-    rem = patch % ppi
-    pr = rem // pw
-    pc = rem % pw
-    base = img * s_n + pr * P * s_h + pc * P * s_w
+    patch, base = _patch_base(p0 + pid, ppi, pw, s_n, s_h, s_w, P)
     dr = tl.load(off_ptr + 2 * u)
     dc = tl.load(off_ptr + 2 * u + 1)
     hist = tl.zeros((LLB,), dtype=tl.int32)
