@@ -823,17 +823,12 @@ def _loss(pred, x_t, x0, sigma, weighting, levels, band_weights, reduction) -> t
         return _finish(_energy(pred, x_t, x0, sigma, weights, levels), weighting, reduction)
     N = pred.shape[0]
     acc = _acc_dtype(pred, x_t, x0)
+    # both paths read sigma / weighting in their own dtype and convert on use (the kernels in
+    # registers): no cast launch on the host, which costs more host time than this whole op's GPU time
+    # at 4K latent sizes; tensors that need a gradient are converted so theirs comes back in acc
     s = _per_sample(sigma, "sigmas", N, pred)
-    w = weighting
-    if _use_triton(pred):
-        # the kernels load sigma / weighting in their own dtype and convert in registers: no cast
-        # launch on the host (each launch costs more host time than this whole op's GPU time at 4K
-        # latent sizes); tensors that need a gradient are converted so theirs comes back in acc
-        s = s.contiguous() if not s.requires_grad else s.to(acc).contiguous()
-        w = (w.contiguous() if not w.requires_grad else w.to(acc).contiguous()) if w is not None else None
-    else:
-        s = s.to(acc).contiguous()
-        w = w.to(acc).contiguous() if w is not None else None
+    s = (s.to(acc) if s.requires_grad else s).contiguous()
+    w = (weighting.to(acc) if weighting.requires_grad else weighting).contiguous() if weighting is not None else None
     # forward + gradient in one pass when a gradient will be wanted and sigma needs none
     fused = (torch.is_grad_enabled() and not s.requires_grad
              and any(t is not None and t.requires_grad for t in (pred, x_t, x0)))
