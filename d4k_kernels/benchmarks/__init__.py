@@ -217,8 +217,7 @@ def _print_summary(rows: List[Dict]) -> None:
             line += f"{'-':<22}{'':>10}{'':>10}"
         if has_g:
             dg = d.get("graph_ms", float("nan")) if d else float("nan")
-            gp = [r for r in peers if r.get("graph_ms", float("nan")) == r.get("graph_ms", float("nan"))
-                  and "graph_ms" in r]
+            gp = [r for r in peers if r.get("graph_ms") is not None and r["graph_ms"] == r["graph_ms"]]
             bg = min(gp, key=lambda r: r["graph_ms"]) if gp else None
             line += f"{dg:>10.4f}"
             line += (f"{bg['graph_ms']:>10.4f}{bg['graph_ms'] / dg:>7.2f}x" if bg and dg == dg and dg > 0

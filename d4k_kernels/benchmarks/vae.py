@@ -136,9 +136,11 @@ def memory_table(device: torch.device, quick: bool = False, extra_8k: bool = Tru
     these tile sizes (latent pixels) under the same 8 GiB budget; ``only``: a regex on group + impl."""
     rows = []
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    specs = _specs(device, quick)
     # order: what a time-limited GPU run needs most comes first (the untiled reference, the exact tiled
     # decode and its PSNR, the 8192^2 decode, the tile sweep; then diffusers' tiling and the SC-VAE)
+    specs = _specs(device, quick)
+    diffusers_tiled = [sp for sp in specs if sp["mode"] == "diffusers_tiled"]
+    specs = [sp for sp in specs if sp["mode"] != "diffusers_tiled"]
     base = next(sp for sp in specs if sp["mode"] == "d4k_tiled" and sp["stride"] == 1)
     at = specs.index(base) + 1
     extra = []
@@ -146,11 +148,7 @@ def memory_table(device: torch.device, quick: bool = False, extra_8k: bool = Tru
         extra.append(dict(group="vae decode Flux F8 -> 8192^2 (1024^2 latent) bf16", impl="d4k exact tiled",
                           cfg=_flux_cfg(None), lat=1024, mode="d4k_tiled", stride=1, max_memory="24GiB"))
     extra += [dict(base, impl=f"d4k exact tiled, tile={t}", tile=t) for t in tiles]
-    specs[at:at] = extra
-    dt = next((sp for sp in specs if sp["mode"] == "diffusers_tiled"), None)
-    if dt is not None:  # diffusers' (inexact) tiling after the d4k rows
-        specs.remove(dt)
-        specs.insert(at + len(extra) - 1, dt)
+    specs[at:at] = extra + diffusers_tiled
     if only:
         specs = [sp for sp in specs if re.search(only, f"{sp['group']} {sp['impl']}")]
     refs: Dict[str, torch.Tensor] = {}
