@@ -60,5 +60,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     return int(args.func(args) or 0)
 
 
+def console_main() -> None:
+    """Entry point of the ``d4k`` script and ``python -m d4k_kernels.cli``.
+
+    Under torchrun (WORLD_SIZE > 1) the process leaves with ``os._exit`` once the command has
+    returned, its results written and the streams flushed: CI once saw a rank abort *after* a
+    complete ``d4k eval`` (its summary printed, the process group destroyed) with
+    "terminate called without an active exception" during interpreter shutdown, which torchrun
+    reports as a failed job. Nothing of ours runs at shutdown, so skipping it loses nothing.
+    """
+    import os
+
+    rc = main()
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    sys.exit(rc)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

@@ -268,3 +268,29 @@ def test_summary_notes_images_larger_than_size(folder, capsys):
     res = ev.evaluate_folder(exact, size=SIZE, device="cpu", workers=1)
     assert "note:" not in res.summary()
     assert res.compression_ratio == pytest.approx(res.compression_ratio_own_pixels, rel=1e-15)
+
+
+@pytest.mark.parametrize("world", [None, "1", "2"])
+def test_console_main_exit_paths(monkeypatch, world):
+    """The script entry returns main()'s code; under torchrun (WORLD_SIZE > 1) through os._exit."""
+    import d4k_kernels.cli as cli
+
+    if world is None:
+        monkeypatch.delenv("WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("WORLD_SIZE", world)
+    rc = 3 + (world == "2")
+    monkeypatch.setattr(cli, "main", lambda argv=None: rc)
+    hard = []
+
+    def fake_exit(code):
+        hard.append(code)
+        raise SystemExit("os._exit")
+
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    with pytest.raises(SystemExit) as e:
+        cli.console_main()
+    if world == "2":
+        assert hard == [rc] and e.value.code == "os._exit"
+    else:
+        assert hard == [] and e.value.code == rc

@@ -284,6 +284,7 @@ def evaluate_files(
     dev = resolve_device(device)
     files = [os.fspath(f) for f in files]
     ws, rank, dev, mine = _dist_context(distributed, dev)
+    finished = False
     try:
         idx = list(range(rank, len(files), ws))
         if workers is None:
@@ -301,10 +302,15 @@ def evaluate_files(
             parts: List[Optional[list]] = [None] * ws
             dist.all_gather_object(parts, [(i, asdict(r)) for i, r in local])
             local = sorted(((i, ImageRecord(**d)) for part in parts for i, d in part), key=lambda t: t[0])
+        finished = True
     finally:
         if mine:
             import torch.distributed as dist
 
+            if finished and ws > 1:
+                # every rank is past its last collective before any of them tears gloo/nccl down
+                # (not after a failure: a barrier then would wait for ranks that never arrive)
+                dist.barrier()
             dist.destroy_process_group()
     return EvalResult(records=[r for _, r in local], size=size, patch=patch, ignored=list(ignored), world_size=ws,
                       seconds=time.perf_counter() - t0)
