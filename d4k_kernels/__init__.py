@@ -23,6 +23,7 @@ _EXPORTS = {
     "from_pywt": "d4k_kernels.ops.haar",
     # wavelet flow-matching loss (ops/wavelet_loss.py)
     "wavelet_loss": "d4k_kernels.ops.wavelet_loss",
+    "wavelet_loss_and_grad": "d4k_kernels.ops.wavelet_loss",
     "wavelet_mse": "d4k_kernels.ops.wavelet_loss",
     # GLCM (ops/glcm.py) and image metrics (metrics/)
     "glcm": "d4k_kernels.ops.glcm",

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from d4k_kernels import backend
-from d4k_kernels.ops.wavelet_loss import coefficient_count, wavelet_loss, wavelet_mse
+from d4k_kernels.ops.wavelet_loss import coefficient_count, wavelet_loss, wavelet_loss_and_grad, wavelet_mse
 from d4k_kernels.reference.peers import import_pytorch_wavelets
 from d4k_kernels.reference.wavelet_loss import released_formula, wavelet_loss_f64, wavelet_mse_f64
 
@@ -383,6 +383,82 @@ def test_coefficient_count_matches_pytorch_wavelets():
     for shape, J in [((1, 3, 7, 9), 1), ((1, 2, 13, 17), 3), ((1, 1, 1, 1), 2), ((1, 4, 16, 16), 4)]:
         yl, yh = ptw.DWTForward(J=J, mode="zero", wave="haar")(torch.zeros(shape))
         assert coefficient_count(shape, J) == yl.numel() + sum(h.numel() for h in yh)
+
+
+# ----------------------------------------------------------------------------------------------
+# wavelet_loss_and_grad: the loss and d loss / d model_pred without autograd
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape,levels,bw,reduction,dtype", [
+    ((2, 3, 8, 12), 1, None, "mean", torch.float64),
+    ((3, 2, 7, 5), 2, (0.5, 2.0, 1.0, 3.0), "sum", torch.float64),
+    ((2, 4, 9, 16), 3, "per_level", "none", torch.float32),
+    ((2, 4, 16, 10), 1, None, "mean", torch.bfloat16),
+    ((1, 1, 1, 1), 1, None, "mean", torch.float16),
+])
+def test_loss_and_grad_matches_autograd(backend_device, seed, shape, levels, bw, reduction, dtype):
+    """Equal to wavelet_loss and its autograd gradient (same kernels: bit-equal loss), and to the
+    float64 reference; reduction 'none' gives the gradient of the per-sample losses' sum."""
+    _, dev = backend_device
+    if bw == "per_level":
+        bw = tuple(float(v) for v in torch.rand(1 + 3 * levels).add(0.25))
+    (p, xt, x0), sig, w = _inputs(shape, dev, dtype)
+    loss, g = wavelet_loss_and_grad(p, xt, x0, sig, w, levels=levels, band_weights=bw, reduction=reduction)
+    assert not loss.requires_grad and not g.requires_grad
+    assert g.shape == p.shape and g.dtype == p.dtype and g.is_contiguous()
+    ref = wavelet_loss(p, xt, x0, sig, w, levels=levels, band_weights=bw, reduction=reduction)
+    assert torch.equal(loss, ref.detach())
+    g_ref = torch.autograd.grad(ref.sum(), p)[0]
+    assert torch.equal(g, g_ref)
+    exact = wavelet_loss_f64(p, xt, x0, sig, w, levels, bw, reduction=reduction)
+    g_exact = _grads(exact.sum(), [p])[0]
+    tol = {torch.float64: 1e-12, torch.float32: 2e-6, torch.bfloat16: 1e-2, torch.float16: 2e-3}[dtype]
+    _close(loss, exact, max(tol, 2e-6) if dtype != torch.float64 else tol, what="loss vs float64")
+    _close(g, g_exact, tol, what="grad vs float64")
+
+
+def test_loss_and_grad_drives_backward(backend_device, seed):
+    """The documented swap: model_pred.backward(grad) gives a module's parameters the gradients of
+    wavelet_loss(...).backward(); inputs that require grad are not touched."""
+    _, dev = backend_device
+    lin = torch.nn.Conv2d(4, 4, 1).to(dev, torch.float64)
+    (x, xt, x0), sig, w = _inputs((2, 4, 6, 10), dev, torch.float64)
+    xt.requires_grad_(True)
+    out = lin(x)
+    wavelet_loss(out, xt, x0, sig, w, levels=2).backward()
+    ref = [q.grad.clone() for q in lin.parameters()]
+    lin.zero_grad()
+    xt.grad = None
+    out = lin(x)
+    loss, g = wavelet_loss_and_grad(out, xt, x0, sig, w, levels=2)
+    out.backward(g)
+    for a, b in zip(lin.parameters(), ref):
+        _close(a.grad, b, 1e-12, what="parameter grad")
+    assert xt.grad is None
+
+
+def test_loss_and_grad_bad_inputs():
+    p = torch.randn(2, 3, 4, 4)
+    with pytest.raises(TypeError, match="sigmas"):
+        wavelet_loss_and_grad(p, p, p, None)
+    with pytest.raises(ValueError, match="reduction"):
+        wavelet_loss_and_grad(p, p, p, torch.rand(2), reduction="max")
+    with pytest.raises(ValueError, match="weighting"):
+        wavelet_loss_and_grad(p, p, p, torch.rand(2), torch.rand(3))
+    with pytest.raises(ValueError):
+        wavelet_loss_and_grad(p, p[:, :2], p, torch.rand(2))
+
+
+def test_loss_and_grad_torch_compile(backend_device, seed):
+    _, dev = backend_device
+    torch._dynamo.reset()
+    (p, xt, x0), sig, w = _inputs((2, 3, 6, 7), dev, torch.float32, grad=False)
+    cf = torch.compile(lambda *a: wavelet_loss_and_grad(*a, levels=2), fullgraph=True, backend="aot_eager")
+    loss, g = cf(p, xt, x0, sig.float(), w.float())
+    ref = wavelet_loss_f64(p, xt, x0, sig, w, 2)
+    p64 = p.detach().double().requires_grad_(True)
+    g_ref = torch.autograd.grad(wavelet_loss_f64(p64, xt, x0, sig, w, 2), p64)[0]
+    _close(loss, ref, 2e-6, what="compiled loss")
+    _close(g, g_ref, 2e-6, what="compiled grad")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 Work measured: forward + backward w.r.t. model_pred (what a training step needs), loss reduction
 "mean", per-sample weighting, default levels=1 / equal band weights (the Diffusion-4K script).
+"d4k" goes through autograd (``torch.autograd.grad(wavelet_loss(...), pred)``); "d4k loss_and_grad"
+returns the same loss and gradient from ``wavelet_loss_and_grad`` (fused pass + finishing kernel only).
 Peers: the released script formula with pytorch_wavelets ("pytorch_wavelets"), the same math with
 the DWT by slicing ("torch") and that under torch.compile ("torch.compile").
 
@@ -34,7 +36,7 @@ def wlf_inputs(shape, dtype, device, seed: int = 0):
 
 
 def _group_cases(shape, dtype, device, quick: bool, extra: bool = False) -> List[Case]:
-    from ..ops.wavelet_loss import wavelet_loss
+    from ..ops.wavelet_loss import wavelet_loss, wavelet_loss_and_grad
     from ..reference.peers import optional
     from ..reference.wavelet_loss import plain_torch_formula, released_formula
 
@@ -51,6 +53,8 @@ def _group_cases(shape, dtype, device, quick: bool, extra: bool = False) -> List
     group = f"wavelet_loss fwd+bwd {tuple(shape)} {str(dtype).replace('torch.', '')}"
     cases = [Case(group, "d4k", fwd_bwd(lambda p, a, b, s, ww: wavelet_loss(p, a, b, s, ww)), nbytes,
                   "fwd+grad in one pass (3 reads, 1 write); bwd rescale is a no-op for upstream grad 1")]
+    cases.append(Case(group, "d4k loss_and_grad", lambda: wavelet_loss_and_grad(pred, xt, x0, sig, w)[1], nbytes,
+                      "the same loss and gradient without autograd (no grad fill, no rescale launch)"))
     if extra:
         bw = (1.0, 2.0, 2.0, 4.0)
         cases.append(Case(group, "d4k levels=2 weighted",

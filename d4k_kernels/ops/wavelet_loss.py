@@ -60,7 +60,7 @@ import torch
 from .. import backend
 from .._checks import check_choice, check_int, check_same, check_tensor, env_tile
 
-__all__ = ["wavelet_loss", "wavelet_mse", "wavelet_energy", "coefficient_count", "MAX_LEVELS"]
+__all__ = ["wavelet_loss", "wavelet_loss_and_grad", "wavelet_mse", "wavelet_energy", "coefficient_count", "MAX_LEVELS"]
 
 MAX_LEVELS = 5
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
@@ -835,6 +835,30 @@ def _loss(pred, x_t, x0, sigma, weighting, levels, band_weights, reduction) -> t
     return _LossFn.apply(pred, x_t, x0, s, w, weights, levels, reduction, fused)
 
 
+def _loss_and_grad(pred, x_t, x0, sigma, weighting, levels, band_weights, reduction):
+    """(loss, d loss / d pred) without an autograd graph: the fused pass and the finishing kernel
+    (Triton), nothing else; the registered ops under torch.compile."""
+    count = coefficient_count(pred.shape, levels)
+    weights = [w / count for w in _norm_weights(band_weights, levels)]
+    N = pred.shape[0]
+    acc = _acc_dtype(pred, x_t, x0)
+    s = _per_sample(sigma, "sigmas", N, pred)
+    with torch.no_grad():
+        if torch.compiler.is_compiling():
+            s = s.to(acc).contiguous()
+            e = _wavelet_energy_op(pred, x_t, x0, s, weights, levels)
+            ge = torch.full((N,), 1.0 / N if reduction == "mean" else 1.0, dtype=acc, device=pred.device)
+            if weighting is not None:
+                ge = ge * weighting.to(acc)
+            gp = _wavelet_energy_bwd_op(ge, pred, x_t, x0, s, weights, levels, [True, False, False, False])[0]
+            return _finish(e, weighting, reduction), gp
+        s = s.contiguous()
+        w = weighting.contiguous() if weighting is not None else None
+        fn = _loss_and_grads_triton if _use_triton(pred) else _loss_and_grads_torch
+        loss, _, (gp, _, _) = fn(pred, x_t, x0, s, w, weights, levels, reduction, (True, False, False, False))
+    return loss, gp
+
+
 def _check_common(x, name, levels, reduction):
     check_int(levels, "levels", lo=1, hi=MAX_LEVELS)
     check_choice(reduction, "reduction", _REDUCTIONS)
@@ -873,6 +897,40 @@ def wavelet_loss(model_pred: torch.Tensor, noisy_latents: torch.Tensor, latents:
         raise TypeError("sigmas must be given (shape (N,) or (N, 1, 1, 1))")
     w = _per_sample(weighting, "weighting", N, model_pred)
     return _loss(model_pred, noisy_latents, latents, sigmas, w, levels, band_weights, reduction)
+
+
+def wavelet_loss_and_grad(model_pred: torch.Tensor, noisy_latents: torch.Tensor, latents: torch.Tensor, sigmas,
+                          weighting=None, levels: int = 1, band_weights=None,
+                          reduction: str = "mean") -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`wavelet_loss` and its gradient with respect to ``model_pred``, without autograd:
+    ``(loss, grad)``, ``grad`` shaped and typed like ``model_pred`` (contiguous). Same arguments
+    and loss as :func:`wavelet_loss`.
+
+    One fused pass over the three inputs plus the finishing kernel, nothing else: autograd's
+    ``loss.backward()`` adds the upstream-gradient fill and the rescaling launch (a few µs each on a
+    GPU, more in host time). For a training loop that owns its backward::
+
+        loss, grad = d4k_kernels.wavelet_loss_and_grad(model_pred.detach(), noisy_latents, latents, sigmas, w)
+        model_pred.backward(grad)      # the same gradients as wavelet_loss(...).backward()
+
+    The loss comes back detached. Use :func:`wavelet_loss` when gradients must also reach
+    ``noisy_latents``, ``latents``, ``sigmas`` or ``weighting``, or when something scales the loss
+    before its backward (fp16 loss scaling: scale ``grad`` the same way).
+    """
+    check_tensor(model_pred, "model_pred", dtypes=_DTYPES, ndim=4)
+    check_tensor(noisy_latents, "noisy_latents", dtypes=_DTYPES, ndim=4)
+    check_tensor(latents, "latents", dtypes=_DTYPES, ndim=4)
+    check_same([model_pred, noisy_latents, latents], ["model_pred", "noisy_latents", "latents"])
+    _check_common(model_pred, "model_pred", levels, reduction)
+    if sigmas is None:
+        raise TypeError("sigmas must be given (shape (N,) or (N, 1, 1, 1))")
+    N = model_pred.shape[0]
+    w = _per_sample(weighting, "weighting", N, model_pred)
+    if w is not None:
+        w = w.detach()
+    sig = sigmas.detach() if isinstance(sigmas, torch.Tensor) else sigmas
+    return _loss_and_grad(model_pred.detach(), noisy_latents.detach(), latents.detach(), sig, w, levels,
+                          band_weights, reduction)
 
 
 def wavelet_mse(pred: torch.Tensor, target: torch.Tensor, levels: int = 1, band_weights=None, weighting=None,
