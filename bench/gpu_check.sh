@@ -64,6 +64,18 @@ echo "=== d4k gpu_check: $(sed -n 2p "$OUT/device.txt"), $(( $(date +%s) - T0 ))
 echo "CUDA tests: $(grep -E '[0-9]+ (passed|failed)' "$OUT/tests_cuda.log" | tail -n 1) (rc $tests_rc)"
 grep -E 'FAILED|ERROR' "$OUT/tests_cuda.log" | grep -v '^E ' | sed 's/^\[gw[0-9]*\] \[ *[0-9]*%\] //' | sort -u | cut -c1-150 | head -n 12
 python3 -c "import sys; from d4k_kernels.benchmarks import summary_from_json as s; s(sys.argv[1:])" "$OUT"/bench_*.json
+# d4k variants that the summary's one d4k column leaves out (e.g. wavelet_loss_and_grad beside autograd)
+python3 - "$OUT"/bench_*.json <<'PY'
+import json, sys
+for p in sys.argv[1:]:
+    try:
+        rows = json.load(open(p))["rows"]
+    except (OSError, ValueError, KeyError):
+        continue
+    for r in rows:
+        if r["impl"].startswith("d4k ") and "triton" not in r["impl"]:
+            print(f"  {r['group'][:43]:<44}{r['impl'][:24]:<25}{r['ms']:>9.4f} ms  graph {r.get('graph_ms', float('nan')):.4f} ms")
+PY
 [[ -f "$OUT/sweep.log" ]] && grep -v -i warn "$OUT/sweep.log"
 [[ -f "$OUT/profile_wlf.log" ]] && grep -E "^(empty|torch.add|\()" "$OUT/profile_wlf.log"
 grep -v Warning "$OUT/vae_memory.log" 2>/dev/null | tail -n 12
