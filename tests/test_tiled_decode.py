@@ -306,3 +306,45 @@ def test_cuda_offload_and_kernels(seed, dtype, no_tf32):
                   f"tiled vs untiled bf16 {_psnr(out, ref):.1f} dB")
             assert p_tiled >= p_untiled - 1.0
             assert _psnr(out, ref) >= 50.0
+
+
+@pytest.mark.parametrize("which,shape,tile", [("two", (1, 4, 16, 16), 4), ("two", (1, 4, 16, 16), 7),
+                                              ("three", (2, 4, 20, 12), 3), ("three", (2, 4, 20, 12), 20),
+                                              ("flux", (1, 16, 24, 40), 12), ("sc", (1, 16, 12, 20), 5)])
+@pytest.mark.parametrize("budget", [1, None])
+def test_state_estimate_is_the_measured_peak(seed, which, shape, tile, budget):
+    """plan.est_state (window bookkeeping, no tensors) equals the most tile state the decode parked
+    at once; with a 1-byte budget all of it goes the host way (est_host), with the default none."""
+    small_flux = dict(FLUX_VAE_CONFIG, block_out_channels=[8, 16, 16, 16], norm_num_groups=4)
+    vae = {"two": lambda: _vae(TWO), "three": lambda: _vae(THREE), "flux": lambda: _vae(small_flux),
+           "sc": lambda: _vae(small_flux, SCAutoencoderKL, stride=2)}[which]()
+    z = torch.randn(*shape)
+    dec = ExactTiledDecoder(vae.decoder, getattr(vae, "post_quant_conv", None), tile=tile, max_memory=budget,
+                            progress=False)
+    dec(z)
+    plan = dec.last_plan
+    assert plan.n_tiles > 1 or tile >= max(shape[2:])
+    assert dec.last_peak_parked_bytes > 0
+    assert plan.est_state == dec.last_peak_parked_bytes
+    if budget == 1:
+        assert plan.state_budget == 0 and plan.est_host == plan.est_state == dec.last_peak_host_bytes
+    else:
+        assert plan.est_host == 0 and dec.last_peak_host_bytes == 0
+
+
+def test_host_memory_warning(monkeypatch):
+    """A plan that parks more in pinned host memory than the host has gets a ResourceWarning naming
+    both sizes; enough host memory, or nothing parked there, stays silent."""
+    flux = AutoencoderKL(**dict(FLUX_VAE_CONFIG, block_out_channels=[128, 256, 512, 512]))
+    shp = (1, 16, 1024, 1024)  # an 8192^2 Flux decode
+    plan = plan_tiles(flux.decoder, shp, torch.bfloat16, max_memory="24GiB")
+    assert plan.n_tiles > 1 and plan.est_host > 10 * 2**30  # tens of GiB go the host way
+    monkeypatch.setattr(tiled_mod, "_host_available", lambda: 16 * 2**30)
+    with pytest.warns(ResourceWarning, match=r"GiB of tile state will be parked in pinned host memory.*16\.0 GiB"):
+        assert tiled_mod._warn_if_host_short(plan, shp)
+    monkeypatch.setattr(tiled_mod, "_host_available", lambda: 512 * 2**30)
+    assert not tiled_mod._warn_if_host_short(plan, shp)
+    roomy = plan_tiles(flux.decoder, (1, 16, 512, 512), torch.bfloat16, max_memory="40GiB")
+    assert roomy.est_host == 0
+    monkeypatch.setattr(tiled_mod, "_host_available", lambda: 1)
+    assert not tiled_mod._warn_if_host_short(roomy, (1, 16, 512, 512))

@@ -176,7 +176,8 @@ def memory_table(device: torch.device, quick: bool = False, extra_8k: bool = Tru
             dec = getattr(fn, "decoder", None)
             if dec is not None and getattr(dec, "last_plan", None) is not None:
                 pl = dec.last_plan
-                info = f"tile {pl.tile}, {pl.n_tiles} tiles, offloaded {dec.last_offloaded_bytes / 2**30:.1f} GiB"
+                info = (f"tile {pl.tile}, {pl.n_tiles} tiles, offloaded {dec.last_offloaded_bytes / 2**30:.1f} GiB, "
+                        f"host peak {dec.last_peak_host_bytes / 2**30:.1f} GiB (est {pl.est_host / 2**30:.1f})")
             del out
         except Exception as e:  # e.g. out of memory for the untiled 8K decode
             ms, peak, err = float("nan"), float("nan"), f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"

@@ -30,7 +30,7 @@ import math
 import re
 import warnings
 from dataclasses import dataclass
-from typing import List, Optional, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -459,13 +459,19 @@ class _Store:
         self.limit = device_bytes
         self.on_device = 0
         self.offloaded = 0  # bytes moved to the host (statistics)
+        self.on_host = 0
+        self.peak_parked = 0  # the most bytes parked at once (device + host)
+        self.peak_host = 0
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
     def park(self, t: torch.Tensor) -> _Parked:
         nb = t.numel() * t.element_size()
+        self.peak_parked = max(self.peak_parked, self.on_device + self.on_host + nb)
         if self.limit is None or self.on_device + nb <= self.limit:
             self.on_device += nb
             return _Parked("dev", t, nb)
+        self.on_host += nb
+        self.peak_host = max(self.peak_host, self.on_host)
         host = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=self.stream is not None)
         if self.stream is not None:
             self.stream.wait_stream(torch.cuda.current_stream(self.device))
@@ -491,6 +497,7 @@ class _Store:
         if h.kind == "dev":
             self.on_device -= h.nbytes
             return h.t
+        self.on_host -= h.nbytes
         self.prefetch(h)
         t = h.dev
         if self.stream is not None:
@@ -514,6 +521,12 @@ class TilePlan:
     est_fixed: int              # bytes: weights + whole-latent mid-block + output image
     est_tile: int               # bytes: working set of one tile
     state_budget: Optional[int]  # bytes of parked state allowed on the device
+    est_state: int = 0          # bytes: tile state parked at once at the worst GroupNorm (all tiles)
+
+    @property
+    def est_host(self) -> int:
+        """Bytes of that state beyond ``state_budget``: what goes to (pinned) host memory."""
+        return max(0, self.est_state - (self.state_budget or 0)) if self.state_budget is not None else 0
 
     @property
     def n_tiles(self) -> int:
@@ -531,6 +544,83 @@ def estimate_tile_bytes(dec, n: int, tile: int, halo: int, itemsize: int) -> int
         side = s * (tile + 2 * extra) + 2 * m
         peak = max(peak, n * c * side * side * (4 * itemsize + 8))
     return peak
+
+
+def _state_sizes(dec, z_shape, tiles: Sequence[Tuple[int, int, int, int]], halo: int) -> List[List[int]]:
+    """Elements of each tile's live state at each GroupNorm (``[tile][step]``), from the same window
+    bookkeeping as ``_tile_program`` (``_conv_range``, x2 upsampling) without any tensor."""
+    n, _, H, W = z_shape
+    out = []
+    for (y0, y1, x0, x1) in tiles:
+        wy, wx, Hs, Ws = (max(0, y0 - halo), min(H, y1 + halo)), (max(0, x0 - halo), min(W, x1 + halo)), H, W
+
+        def conv(a, size):
+            return _conv_range(a[0], a[1], size, 1)[:2]
+
+        def area(a, b):
+            return (a[1] - a[0]) * (b[1] - b[0])
+
+        sizes = []
+        for block in dec.up_blocks:
+            for r in block.resnets:
+                sizes.append(n * r.conv1.in_channels * area(wy, wx))  # norm1: the block input
+                hy, hx = conv(wy, Hs), conv(wx, Ws)
+                c_res = r.conv2.out_channels if r.conv_shortcut is not None else r.conv1.in_channels
+                sizes.append(n * (c_res + r.conv2.out_channels) * area(hy, hx))  # norm2: residual + conv1 out
+                wy, wx = conv(hy, Hs), conv(hx, Ws)
+            for _ in getattr(block, "upsamplers", None) or []:
+                Hs, Ws = 2 * Hs, 2 * Ws
+                wy, wx = conv((2 * wy[0], 2 * wy[1]), Hs), conv((2 * wx[0], 2 * wx[1]), Ws)
+        sizes.append(n * dec.conv_norm_out.num_channels * area(wy, wx))  # conv_norm_out
+        out.append(sizes)
+    return out
+
+
+def estimate_state_bytes(dec, z_shape, tiles: Sequence[Tuple[int, int, int, int]], halo: int, itemsize: int) -> int:
+    """The most bytes of tile state parked at once during the decode (device + host), exactly as the
+    driver parks it: at each GroupNorm the tiles resume in order, so while tile i parks its new
+    state the tiles before it hold theirs at this GroupNorm and the tiles after it at the previous
+    one. The part beyond ``TilePlan.state_budget`` goes to (pinned) host memory."""
+    sizes = _state_sizes(dec, z_shape, tiles, halo)
+    if not sizes:
+        return 0
+    steps = len(sizes[0])
+    peak, total, cur = 0, 0, [0] * len(sizes)
+    for k in range(steps):
+        for i, tile_sizes in enumerate(sizes):
+            total += tile_sizes[k] - cur[i]
+            cur[i] = tile_sizes[k]
+            peak = max(peak, total)
+    return peak * itemsize
+
+
+def _host_available() -> Optional[int]:
+    """MemAvailable of /proc/meminfo in bytes (None where that file does not exist)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _warn_if_host_short(plan: "TilePlan", z_shape) -> bool:
+    """Warn (and return True) when the state the plan parks in pinned host memory, with room for
+    the caching host allocator's rounding, exceeds the host memory available now."""
+    if plan.est_host <= 0:
+        return False
+    avail = _host_available()
+    if avail is None or 1.25 * plan.est_host <= avail:
+        return False
+    warnings.warn(
+        f"exact tiled decode of a {tuple(z_shape)} latent: {plan.est_host / 2**30:.1f} GiB of tile state will "
+        f"be parked in pinned host memory at the worst GroupNorm (max_memory={plan.budget / 2**30:.1f} GiB keeps "
+        f"{plan.state_budget / 2**30:.1f} GiB of it on the GPU), but only {avail / 2**30:.1f} GiB of host memory "
+        f"is available: the process may be killed for memory. Give a larger max_memory, or free host memory.",
+        ResourceWarning, stacklevel=3)
+    return True
 
 
 def estimate_fixed_bytes(dec, z_shape, itemsize: int, out_itemsize: Optional[int] = None) -> int:
@@ -585,7 +675,8 @@ def plan_tiles(dec, z_shape, dtype, *, tile: Optional[int] = None, max_memory=No
     est_tile = estimate_tile_bytes(dec, n, tile, halo, itemsize)
     state_budget = max(0, budget - fixed - est_tile)
     tiles = [(y0, y1, x0, x1) for (y0, y1) in _partition(h, tile) for (x0, x1) in _partition(w, tile)]
-    return TilePlan(tile, halo, tiles, budget, fixed, est_tile, state_budget)
+    est_state = estimate_state_bytes(dec, z_shape, tiles, halo, itemsize)
+    return TilePlan(tile, halo, tiles, budget, fixed, est_tile, state_budget, est_state)
 
 
 def conv_macs(dec, z_shape, tile: Optional[int] = None, halo: Optional[int] = None) -> int:
@@ -676,7 +767,9 @@ class ExactTiledDecoder:
         self.tile, self.max_memory, self.halo = tile, max_memory, halo
         self.progress, self.use_kernels, self.offload = progress, use_kernels, offload
         self.last_plan: Optional[TilePlan] = None
-        self.last_offloaded_bytes = 0
+        self.last_offloaded_bytes = 0  # bytes moved to the host over the whole decode
+        self.last_peak_parked_bytes = 0  # the most tile state parked at once (device + host)
+        self.last_peak_host_bytes = 0  # the most of it in host memory at once
 
     def plan(self, z: torch.Tensor) -> TilePlan:
         return plan_tiles(self.decoder, tuple(z.shape), z.dtype, tile=self.tile, max_memory=self.max_memory,
@@ -705,6 +798,8 @@ class ExactTiledDecoder:
             gens.append(_tile_program(dec, ops, t))
         del x, t  # the tiles hold views of the mid-block output until their first GroupNorm
         store = _Store(z.device, None if self.offload is False else plan.state_budget)
+        if store.stream is not None and self.offload is not False:
+            _warn_if_host_short(plan, tuple(z.shape))
         steps = _n_groupnorms(dec) + 1
         bar = _progress_bar(self.progress, steps * len(gens))
         out = None
@@ -759,6 +854,7 @@ class ExactTiledDecoder:
             if bar is not None:
                 bar.close()
         self.last_offloaded_bytes = store.offloaded
+        self.last_peak_parked_bytes, self.last_peak_host_bytes = store.peak_parked, store.peak_host
         if out is None:  # pragma: no cover
             raise AssertionError("tiled decode produced no output")
         return out
