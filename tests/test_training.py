@@ -203,6 +203,12 @@ def test_wrapped_model_and_errors():
         model_family(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="weighting_scheme must be one of .* got 'uniform'"):
         FlowMatchingWLFStep(tiny_sd3(), weighting_scheme="uniform")
+    with pytest.raises(ValueError, match="levels must be <= 5, got 7"):
+        FlowMatchingWLFStep(tiny_sd3(), levels=7)
+    with pytest.raises(ValueError, match="band_weights must be finite and >= 0"):
+        FlowMatchingWLFStep(tiny_sd3(), band_weights=(1.0, -1.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match="1 \\+ 3\\*levels = 7 values"):
+        FlowMatchingWLFStep(tiny_sd3(), levels=2, band_weights=(1.0, 1.0, 1.0))
     step = FlowMatchingWLFStep(tiny_sd3())
     latents, ehs, pool = _batch()
     with pytest.raises(ValueError, match=r"noise has shape \(2, 16, 8, 6\)"):

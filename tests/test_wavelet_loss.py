@@ -523,6 +523,9 @@ def test_bad_inputs():
         wavelet_loss(x, x, x, s, levels=2, band_weights=[1, 2, 3, 4, 5])
     with pytest.raises(ValueError, match="requires grad"):
         wavelet_loss(x, x, x, s, band_weights=torch.ones(4, requires_grad=True))
+    for bad in ([1.0, -2.0, 1.0, 1.0], [1.0, float("nan"), 1.0, 1.0], torch.tensor([1.0, 1.0, float("inf"), 1.0])):
+        with pytest.raises(ValueError, match="band_weights must be finite and >= 0"):
+            wavelet_loss(x, x, x, s, band_weights=bad)
     with pytest.raises(ValueError, match=r"sigmas must have shape \(2,\) or \(2, 1, 1, 1\), got \(3,\)"):
         wavelet_loss(x, x, x, torch.rand(3))
     with pytest.raises(ValueError, match=r"weighting must have shape .* got \(2, 3\)"):

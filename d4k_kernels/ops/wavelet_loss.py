@@ -53,6 +53,7 @@ the transform, which gives the same loss up to float rounding.
 from __future__ import annotations
 
 import functools
+import math
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -676,6 +677,10 @@ def _norm_weights(band_weights, levels: int) -> List[float]:
             vals = [float(v) for v in band_weights]
         except TypeError:
             raise TypeError(f"band_weights must be a sequence of numbers or a tensor, got {band_weights!r}") from None
+    bad = [v for v in vals if not (math.isfinite(v) and v >= 0.0)]
+    if bad:
+        raise ValueError(f"band_weights must be finite and >= 0 (a negative weight makes the loss unbounded "
+                         f"below), got {vals!r}")
     if len(vals) == 4:
         return [vals[0]] + vals[1:] * levels
     if len(vals) == 1 + 3 * levels:
