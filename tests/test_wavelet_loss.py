@@ -416,6 +416,24 @@ def test_loss_and_grad_matches_autograd(backend_device, seed, shape, levels, bw,
     _close(g, g_exact, tol, what="grad vs float64")
 
 
+def test_loss_and_grad_non_contiguous_mixed(backend_device, seed):
+    """Strided views (a transposed model_pred, a sliced x0) and mixed dtypes: the gradient comes back
+    contiguous in model_pred's dtype and equals autograd's."""
+    _, dev = backend_device
+    p = torch.randn(2, 3, 10, 7, dtype=torch.float64, device=dev).to(torch.bfloat16).transpose(2, 3)
+    xt = torch.randn(2, 3, 7, 10, device=dev)
+    x0 = torch.randn(2, 3, 7, 20, device=dev, dtype=torch.float16)[..., ::2]
+    sig, w = torch.rand(2, device=dev), torch.rand(2, device=dev) + 0.5
+    assert not p.is_contiguous() and not x0.is_contiguous()
+    loss, g = wavelet_loss_and_grad(p, xt, x0, sig, w, levels=2)
+    pg = p.detach().clone().requires_grad_(True)
+    ref = wavelet_loss(pg, xt, x0, sig, w, levels=2)
+    g_ref = torch.autograd.grad(ref, pg)[0]
+    assert g.is_contiguous() and g.dtype == torch.bfloat16 and g.shape == p.shape
+    assert torch.equal(loss, ref.detach())
+    assert torch.equal(g, g_ref.contiguous())
+
+
 def test_loss_and_grad_drives_backward(backend_device, seed):
     """The documented swap: model_pred.backward(grad) gives a module's parameters the gradients of
     wavelet_loss(...).backward(); inputs that require grad are not touched."""
