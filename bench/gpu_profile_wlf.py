@@ -2,13 +2,14 @@
 
 Prints the eager and CUDA-graph time of one launch of an empty Triton kernel and of a tiny ATen op
 (the host floor per launch on this machine), of d4k's fwd+bwd, and a torch.profiler table of the
-fwd+bwd (host time per op, kernel time per kernel). Run by bench/gpu_check.sh (D4K_GPU_PROFILE=1)."""
+fwd+bwd (host time per op, kernel time per kernel), and the same for wavelet_loss_and_grad. Run by
+bench/gpu_check.sh (D4K_GPU_PROFILE=1)."""
 import torch
 import triton
 import triton.language as tl
 from triton.testing import do_bench
 
-from d4k_kernels import wavelet_loss
+from d4k_kernels import wavelet_loss, wavelet_loss_and_grad
 from d4k_kernels.benchmarks import time_graph
 from d4k_kernels.benchmarks.wavelet_loss import wlf_inputs
 
@@ -35,7 +36,10 @@ def main():
         def fwd_bwd():
             return torch.autograd.grad(wavelet_loss(pred, xt, x0, sig, w), pred)[0]
 
-        for name, fn in [("fwd (no grad)", fwd), ("fwd+bwd", fwd_bwd)]:
+        def loss_and_grad():
+            return wavelet_loss_and_grad(pred, xt, x0, sig, w)[1]
+
+        for name, fn in [("fwd (no grad)", fwd), ("fwd+bwd", fwd_bwd), ("loss_and_grad", loss_and_grad)]:
             print(f"{shape} {name}: eager {do_bench(fn, return_mode='median') * 1e3:.1f} us, "
                   f"graph {time_graph(fn) * 1e3:.1f} us")
         if shape[0] == 1:
@@ -48,6 +52,8 @@ def main():
                     fwd_bwd()
                 torch.cuda.synchronize()
             print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=18, max_name_column_width=48))
+            # GPU time per kernel (which of the graph's nodes costs what)
+            print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=8, max_name_column_width=48))
 
 
 if __name__ == "__main__":
