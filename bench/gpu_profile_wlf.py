@@ -53,7 +53,7 @@ def main():
                 torch.cuda.synchronize()
             print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=18, max_name_column_width=48))
             # GPU time per kernel (which of the graph's nodes costs what)
-            print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=8, max_name_column_width=48))
+            print(prof.key_averages().table(sort_by="device_time_total", row_limit=8, max_name_column_width=48))
 
 
 if __name__ == "__main__":
