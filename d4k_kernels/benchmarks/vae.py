@@ -176,8 +176,10 @@ def memory_table(device: torch.device, quick: bool = False, extra_8k: bool = Tru
             dec = getattr(fn, "decoder", None)
             if dec is not None and getattr(dec, "last_plan", None) is not None:
                 pl = dec.last_plan
-                info = (f"tile {pl.tile}, {pl.n_tiles} tiles, offloaded {dec.last_offloaded_bytes / 2**30:.1f} GiB, "
-                        f"host peak {dec.last_peak_host_bytes / 2**30:.1f} GiB (est {pl.est_host / 2**30:.1f})")
+                G = 2**30
+                info = (f"tile {pl.tile}, {pl.n_tiles} tiles, offloaded {dec.last_offloaded_bytes / G:.1f} GiB "
+                        f"(est {pl.est_offload / G:.1f}), host peak {dec.last_peak_host_bytes / G:.1f} GiB "
+                        f"(est {pl.est_host / G:.1f})")
             del out
         except Exception as e:  # e.g. out of memory for the untiled 8K decode
             ms, peak, err = float("nan"), float("nan"), f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"

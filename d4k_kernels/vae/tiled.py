@@ -521,12 +521,9 @@ class TilePlan:
     est_fixed: int              # bytes: weights + whole-latent mid-block + output image
     est_tile: int               # bytes: working set of one tile
     state_budget: Optional[int]  # bytes of parked state allowed on the device
-    est_state: int = 0          # bytes: tile state parked at once at the worst GroupNorm (all tiles)
-
-    @property
-    def est_host(self) -> int:
-        """Bytes of that state beyond ``state_budget``: what goes to (pinned) host memory."""
-        return max(0, self.est_state - (self.state_budget or 0)) if self.state_budget is not None else 0
+    est_state: int = 0          # bytes: the most tile state parked at once (device + host)
+    est_host: int = 0           # bytes: the most of it in (pinned) host memory at once
+    est_offload: int = 0        # bytes: moved to the host over the whole decode (and back)
 
     @property
     def n_tiles(self) -> int:
@@ -546,9 +543,9 @@ def estimate_tile_bytes(dec, n: int, tile: int, halo: int, itemsize: int) -> int
     return peak
 
 
-def _state_sizes(dec, z_shape, tiles: Sequence[Tuple[int, int, int, int]], halo: int) -> List[List[int]]:
-    """Elements of each tile's live state at each GroupNorm (``[tile][step]``), from the same window
-    bookkeeping as ``_tile_program`` (``_conv_range``, x2 upsampling) without any tensor."""
+def _state_sizes(dec, z_shape, tiles: Sequence[Tuple[int, int, int, int]], halo: int) -> List[List[List[int]]]:
+    """Elements of each live tensor a tile parks at each GroupNorm (``[tile][step][tensor]``), from
+    the same window bookkeeping as ``_tile_program`` (``_conv_range``, x2 upsampling), no tensors."""
     n, _, H, W = z_shape
     out = []
     for (y0, y1, x0, x1) in tiles:
@@ -560,38 +557,53 @@ def _state_sizes(dec, z_shape, tiles: Sequence[Tuple[int, int, int, int]], halo:
         def area(a, b):
             return (a[1] - a[0]) * (b[1] - b[0])
 
-        sizes = []
+        steps = []
         for block in dec.up_blocks:
             for r in block.resnets:
-                sizes.append(n * r.conv1.in_channels * area(wy, wx))  # norm1: the block input
+                steps.append([n * r.conv1.in_channels * area(wy, wx)])  # norm1: the block input
                 hy, hx = conv(wy, Hs), conv(wx, Ws)
                 c_res = r.conv2.out_channels if r.conv_shortcut is not None else r.conv1.in_channels
-                sizes.append(n * (c_res + r.conv2.out_channels) * area(hy, hx))  # norm2: residual + conv1 out
+                # norm2: the residual (cropped to conv1's window) and conv1's output, parked in that order
+                steps.append([n * c_res * area(hy, hx), n * r.conv2.out_channels * area(hy, hx)])
                 wy, wx = conv(hy, Hs), conv(hx, Ws)
             for _ in getattr(block, "upsamplers", None) or []:
                 Hs, Ws = 2 * Hs, 2 * Ws
                 wy, wx = conv((2 * wy[0], 2 * wy[1]), Hs), conv((2 * wx[0], 2 * wx[1]), Ws)
-        sizes.append(n * dec.conv_norm_out.num_channels * area(wy, wx))  # conv_norm_out
-        out.append(sizes)
+        steps.append([n * dec.conv_norm_out.num_channels * area(wy, wx)])  # conv_norm_out
+        out.append(steps)
     return out
 
 
-def estimate_state_bytes(dec, z_shape, tiles: Sequence[Tuple[int, int, int, int]], halo: int, itemsize: int) -> int:
-    """The most bytes of tile state parked at once during the decode (device + host), exactly as the
-    driver parks it: at each GroupNorm the tiles resume in order, so while tile i parks its new
-    state the tiles before it hold theirs at this GroupNorm and the tiles after it at the previous
-    one. The part beyond ``TilePlan.state_budget`` goes to (pinned) host memory."""
+def simulate_parking(dec, z_shape, tiles: Sequence[Tuple[int, int, int, int]], halo: int, itemsize: int,
+                     device_bytes: Optional[int]) -> Tuple[int, int, int]:
+    """(peak parked, peak in host memory, bytes moved to the host) of a decode, exactly as the driver
+    and ``_Store`` do it: at each GroupNorm the tiles resume in order (a tile takes its state back,
+    runs, parks its new state tensor by tensor); a tensor stays on the device while the parked
+    device bytes fit ``device_bytes`` (None: unbounded), else it goes to host memory."""
     sizes = _state_sizes(dec, z_shape, tiles, halo)
-    if not sizes:
-        return 0
-    steps = len(sizes[0])
-    peak, total, cur = 0, 0, [0] * len(sizes)
+    held: List[List[Tuple[bool, int]]] = [[] for _ in sizes]  # per tile: (on host, bytes) of its parked tensors
+    on_dev = on_host = peak = peak_host = moved = 0
+    steps = len(sizes[0]) if sizes else 0
     for k in range(steps):
-        for i, tile_sizes in enumerate(sizes):
-            total += tile_sizes[k] - cur[i]
-            cur[i] = tile_sizes[k]
-            peak = max(peak, total)
-    return peak * itemsize
+        for i, tile_steps in enumerate(sizes):
+            for host, nb in held[i]:
+                if host:
+                    on_host -= nb
+                else:
+                    on_dev -= nb
+            held[i] = []
+            for el in tile_steps[k]:
+                nb = el * itemsize
+                peak = max(peak, on_dev + on_host + nb)
+                if device_bytes is None or on_dev + nb <= device_bytes:
+                    on_dev += nb
+                    held[i].append((False, nb))
+                else:
+                    on_host += nb
+                    moved += nb
+                    peak_host = max(peak_host, on_host)
+                    held[i].append((True, nb))
+    return peak, peak_host, moved
 
 
 def _host_available() -> Optional[int]:
@@ -675,8 +687,8 @@ def plan_tiles(dec, z_shape, dtype, *, tile: Optional[int] = None, max_memory=No
     est_tile = estimate_tile_bytes(dec, n, tile, halo, itemsize)
     state_budget = max(0, budget - fixed - est_tile)
     tiles = [(y0, y1, x0, x1) for (y0, y1) in _partition(h, tile) for (x0, x1) in _partition(w, tile)]
-    est_state = estimate_state_bytes(dec, z_shape, tiles, halo, itemsize)
-    return TilePlan(tile, halo, tiles, budget, fixed, est_tile, state_budget, est_state)
+    est_state, est_host, est_offload = simulate_parking(dec, z_shape, tiles, halo, itemsize, state_budget)
+    return TilePlan(tile, halo, tiles, budget, fixed, est_tile, state_budget, est_state, est_host, est_offload)
 
 
 def conv_macs(dec, z_shape, tile: Optional[int] = None, halo: Optional[int] = None) -> int:
