@@ -130,6 +130,10 @@ def load_extension(
     extra_ldflags: Sequence[str] = (),
     required: bool = False,
     warn: bool = True,
+    what: Optional[str] = None,
+    fallback: str = "the slower torch fallback",
+    silence: str = "Set D4K_NO_EXT=1 to silence this.",
+    stacklevel: int = 3,
 ):
     """Build (once) and import extension ``name`` from ``sources`` (paths like ``"csrc/x.cpp"``).
 
@@ -138,7 +142,10 @@ def load_extension(
     libgomp.so.1 to the copy torch already loaded, so ``torch.set_num_threads`` applies.
     With ``ops_namespace`` the sources register ops with ``TORCH_LIBRARY(<ops_namespace>, m)`` and a
     :class:`TorchLibrary` is returned; otherwise they define a pybind11 module, which is returned.
-    ``None`` when building is disabled or fails (one warning per name) unless ``required``."""
+    ``None`` when building is disabled or fails, unless ``required``. A failed build warns once per
+    name (``warn``): "<what> is unavailable (<reason>); using <fallback>. <silence>" at ``stacklevel``
+    (as :func:`warnings.warn` counts it from this function); D4K_NO_EXT=1 is a choice, not a failure,
+    and warns nothing."""
     with _lock:
         if name in _loaded:
             return _loaded[name]
@@ -153,12 +160,12 @@ def load_extension(
             _failed[name] = reason
             if required:
                 raise ExtensionError(f"d4k extension {name!r} is unavailable: {reason}") from e
-            if warn:
+            if warn and not ext_disabled():
                 warnings.warn(
-                    f"d4k_kernels: compiled extension {name!r} is unavailable ({reason}); "
-                    "using the slower torch fallback. Set D4K_NO_EXT=1 to silence this.",
+                    f"d4k_kernels: {what or f'compiled extension {name!r}'} is unavailable ({reason}); "
+                    f"using {fallback}. {silence}",
                     RuntimeWarning,
-                    stacklevel=3,
+                    stacklevel=stacklevel,
                 )
             return None
         _loaded[name] = mod

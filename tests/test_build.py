@@ -61,6 +61,8 @@ def test_disabled_by_env(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert _build.load_extension("glcm", ["csrc/glcm.cpp", "bindings/glcm.cpp"], warn=False) is None
+        # D4K_NO_EXT=1 is the user's choice: no "set D4K_NO_EXT=1 to silence this" warning either
+        assert _build.load_extension("glcm_off", ["csrc/glcm.cpp", "bindings/glcm.cpp"]) is None
     assert "D4K_NO_EXT" in _build.failure("glcm")
     with pytest.raises(_build.ExtensionError, match="D4K_NO_EXT"):
         _build.load_extension("glcm", ["csrc/glcm.cpp", "bindings/glcm.cpp"], required=True)

@@ -52,7 +52,6 @@ def use_path(monkeypatch):
             dev = torch.device("cpu")
         elif name == "torch":
             monkeypatch.setattr(G, "_cpu_ext", lambda: None)
-            monkeypatch.setattr(G, "_warned_fallback", True)
             ctx = backend.prefer("cpu")
             dev = torch.device("cuda" if _HAS_CUDA else "cpu")
         elif name == "triton":
@@ -417,10 +416,26 @@ def test_bad_inputs_name_the_value():
         G.glcm(q // 2, distances=[])
 
 
+def _failing_builds(monkeypatch, reason):
+    """Every extension build fails with ``reason`` (a fresh load/failure record, restored after the
+    test); returns the (name, sources, ops_namespace) of each build tried."""
+    from d4k_kernels import _build
+
+    calls = []
+
+    def failing_build(name, sources, cflags, cuda_cflags, ldflags, ops_namespace=None):
+        calls.append((name, tuple(sources), ops_namespace))
+        raise RuntimeError(reason)
+
+    monkeypatch.setattr(_build, "_build", failing_build)
+    monkeypatch.setattr(_build, "_loaded", {})
+    monkeypatch.setattr(_build, "_failed", {})
+    return calls
+
+
 def test_fallback_warns_once(monkeypatch, seed):
-    monkeypatch.setattr(G, "_cpu_ext", lambda: None)
-    monkeypatch.setattr(G, "_warned_fallback", False)
     monkeypatch.delenv("D4K_NO_EXT", raising=False)
+    _failing_builds(monkeypatch, "no compiler here")
     img = torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (64, 64)).astype(np.uint8))
     with backend.prefer("cpu"):
         with pytest.warns(RuntimeWarning, match="torch fallback"):
@@ -634,21 +649,11 @@ def test_cuda_routing_env_fit_and_fallback(monkeypatch):
 
 def test_cuda_build_failure_warns_once(monkeypatch):
     """A failed build of the CUDA extension warns once and leaves the score to Triton."""
-    from d4k_kernels import _build
-
     monkeypatch.delenv("D4K_NO_EXT", raising=False)
     monkeypatch.delenv("D4K_GLCM_CUDA", raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(G, "_cuda_arch_flags", lambda device: [])
-    calls = []
-
-    def failing_load(name, sources, **kw):
-        calls.append((name, tuple(sources), kw.get("ops_namespace")))
-        return None
-
-    monkeypatch.setattr(_build, "load_extension", failing_load)
-    monkeypatch.setattr(_build, "failure", lambda name: "RuntimeError: nvcc exploded")
-    monkeypatch.setattr(G, "_warned_cuda", False)
+    calls = _failing_builds(monkeypatch, "nvcc exploded")
     monkeypatch.setattr(G, "_SMEM", {})
     with pytest.warns(RuntimeWarning, match="CUDA score kernel is unavailable.*nvcc exploded.*Triton"):
         assert G._cuda_ext(torch.device("cuda", 0)) is None

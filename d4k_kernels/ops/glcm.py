@@ -241,35 +241,18 @@ def _torch_scores(g: torch.Tensor, plan: _Plan, qdiv: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 # compiled CPU path
 # ----------------------------------------------------------------------------------------------
-_warned_fallback = False
-
-
 def _cpu_ext():
+    """The compiled CPU kernel (torch.ops.d4k_glcm), or None: a failed build warns once (the torch
+    fallback runs instead)."""
     from .._build import load_extension
 
     return load_extension("glcm", ["csrc/glcm.cpp", "bindings/glcm.cpp"], ops_namespace="d4k_glcm", openmp=True,
-                          warn=False)
-
-
-def _cpu_ext_or_warn():
-    global _warned_fallback
-    ext = _cpu_ext()
-    if ext is None and not _warned_fallback:
-        from .._build import ext_disabled, failure
-
-        _warned_fallback = True
-        if not ext_disabled():
-            warnings.warn(
-                f"d4k_kernels.glcm: the compiled CPU kernel is unavailable ({failure('glcm')}); "
-                "using the vectorised torch fallback (slower). Set D4K_NO_EXT=1 to silence this.",
-                RuntimeWarning,
-                stacklevel=4,
-            )
-    return ext
+                          what="the compiled GLCM CPU kernel", fallback="the vectorised torch fallback (slower)",
+                          stacklevel=5)
 
 
 def _cpu_counts(g, plan, qdiv):
-    ext = _cpu_ext_or_warn() if g.device.type == "cpu" else None
+    ext = _cpu_ext() if g.device.type == "cpu" else None
     if ext is None:
         return _torch_counts(g, plan, qdiv)
     _, _, _, offs = _device_tables(plan, g.device)
@@ -278,7 +261,7 @@ def _cpu_counts(g, plan, qdiv):
 
 
 def _cpu_scores(g, plan, qdiv):
-    ext = _cpu_ext_or_warn() if g.device.type == "cpu" else None
+    ext = _cpu_ext() if g.device.type == "cpu" else None
     if ext is None:
         return _torch_scores(g, plan, qdiv)
     keytab, mult, flog, offs = _device_tables(plan, g.device)
@@ -311,7 +294,6 @@ def _triton_scores(g, plan, qdiv):
 # CUDA kernel for the score (csrc/glcm_cuda.cu + bindings/glcm_cuda.cpp), built at first use
 # ----------------------------------------------------------------------------------------------
 _FALSE = ("0", "false", "no", "off")
-_warned_cuda = False
 
 
 def _cuda_enabled() -> bool:
@@ -331,23 +313,13 @@ def _cuda_ext(device: torch.device):
     """The loaded CUDA extension (torch.ops.d4k_glcm_cuda), or None: no GPU, or the build failed
     (one warning; the Triton kernel runs instead). One build per process: every GPU of a process
     is assumed to have the compute capability of the first one used."""
-    global _warned_cuda
     if not torch.cuda.is_available():
         return None
-    from .._build import ext_disabled, failure, load_extension
+    from .._build import load_extension
 
-    ext = load_extension("glcm_cuda", ["bindings/glcm_cuda.cpp", "csrc/glcm_cuda.cu"], ops_namespace="d4k_glcm_cuda",
-                         extra_cuda_cflags=_cuda_arch_flags(device), warn=False)
-    if ext is None and not _warned_cuda:
-        _warned_cuda = True
-        if not ext_disabled():
-            warnings.warn(
-                f"d4k_kernels.glcm: the CUDA score kernel is unavailable ({failure('glcm_cuda')}); "
-                "using the Triton kernel. Set D4K_GLCM_CUDA=0 to silence this.",
-                RuntimeWarning,
-                stacklevel=4,
-            )
-    return ext
+    return load_extension("glcm_cuda", ["bindings/glcm_cuda.cpp", "csrc/glcm_cuda.cu"], ops_namespace="d4k_glcm_cuda",
+                          extra_cuda_cflags=_cuda_arch_flags(device), what="the GLCM CUDA score kernel",
+                          fallback="the Triton kernel", silence="Set D4K_GLCM_CUDA=0 to silence this.", stacklevel=5)
 
 
 @functools.lru_cache(maxsize=64)
