@@ -61,7 +61,8 @@ import torch
 from .. import backend
 from .._checks import check_choice, check_int, check_same, check_tensor, env_tile
 
-__all__ = ["wavelet_loss", "wavelet_loss_and_grad", "wavelet_mse", "wavelet_energy", "coefficient_count", "MAX_LEVELS"]
+__all__ = ["wavelet_loss", "wavelet_loss_and_grad", "wavelet_mse", "wavelet_energy", "coefficient_count",
+           "MAX_LEVELS"]
 
 MAX_LEVELS = 5
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
@@ -133,6 +134,11 @@ if backend.HAS_TRITON:
         return tl.load(bw_ptr + k)
 
     @triton.jit
+    def _band_ssq(bw_ptr, j, lh, hl, hh):
+        """Weighted energy of level j + 1's detail bands (weights 3j+1, 3j+2, 3j+3 of bw_ptr)."""
+        return _w(bw_ptr, 3 * j + 1) * _ssq(lh) + _w(bw_ptr, 3 * j + 2) * _ssq(hl) + _w(bw_ptr, 3 * j + 3) * _ssq(hh)
+
+    @triton.jit
     def _grid(BH: tl.constexpr, BW: tl.constexpr, H, W):
         """Rows [2BH, 1] and columns [1, 2BW] of this program's tile, and the in-image mask."""
         row = tl.program_id(1) * (2 * BH) + tl.arange(0, 2 * BH)[:, None]
@@ -155,19 +161,19 @@ if backend.HAS_TRITON:
                            sp_n, sp_c, sp_h, sp_w, st_n, st_c, st_h, st_w, s0_n, s0_c, s0_h, s0_w,
                            HAS_XT, UNIT_W, ACC)
         ll, lh, hl, hh = _haar(tl.reshape(d, (BH, 2, BW, 2)), ACC)
-        acc = _w(bw_ptr, 1) * _ssq(lh) + _w(bw_ptr, 2) * _ssq(hl) + _w(bw_ptr, 3) * _ssq(hh)
+        acc = _band_ssq(bw_ptr, 0, lh, hl, hh)
         if LEVELS >= 2:
             ll, lh, hl, hh = _haar(tl.reshape(ll, (BH // 2, 2, BW // 2, 2)), ACC)
-            acc += _w(bw_ptr, 4) * _ssq(lh) + _w(bw_ptr, 5) * _ssq(hl) + _w(bw_ptr, 6) * _ssq(hh)
+            acc += _band_ssq(bw_ptr, 1, lh, hl, hh)
         if LEVELS >= 3:
             ll, lh, hl, hh = _haar(tl.reshape(ll, (BH // 4, 2, BW // 4, 2)), ACC)
-            acc += _w(bw_ptr, 7) * _ssq(lh) + _w(bw_ptr, 8) * _ssq(hl) + _w(bw_ptr, 9) * _ssq(hh)
+            acc += _band_ssq(bw_ptr, 2, lh, hl, hh)
         if LEVELS >= 4:
             ll, lh, hl, hh = _haar(tl.reshape(ll, (BH // 8, 2, BW // 8, 2)), ACC)
-            acc += _w(bw_ptr, 10) * _ssq(lh) + _w(bw_ptr, 11) * _ssq(hl) + _w(bw_ptr, 12) * _ssq(hh)
+            acc += _band_ssq(bw_ptr, 3, lh, hl, hh)
         if LEVELS >= 5:
             ll, lh, hl, hh = _haar(tl.reshape(ll, (BH // 16, 2, BW // 16, 2)), ACC)
-            acc += _w(bw_ptr, 13) * _ssq(lh) + _w(bw_ptr, 14) * _ssq(hl) + _w(bw_ptr, 15) * _ssq(hh)
+            acc += _band_ssq(bw_ptr, 4, lh, hl, hh)
         acc += _w(bw_ptr, 0) * _ssq(ll)
         tile = tl.program_id(1) * tl.num_programs(2) + tl.program_id(2)
         tl.store(part_ptr + plane.to(tl.int64) * n_tiles + tile, acc)
@@ -228,15 +234,15 @@ if backend.HAS_TRITON:
             g = ll1 * wll
         g4 = _ihaar(g, lh1 * _w(bw_ptr, 1), hl1 * _w(bw_ptr, 2), hh1 * _w(bw_ptr, 3), ACC)
         # energy partials of the forward (see the docstring)
-        en = _w(bw_ptr, 1) * _ssq(lh1) + _w(bw_ptr, 2) * _ssq(hl1) + _w(bw_ptr, 3) * _ssq(hh1)
+        en = _band_ssq(bw_ptr, 0, lh1, hl1, hh1)
         if LEVELS >= 2:
-            en += _w(bw_ptr, 4) * _ssq(lh2) + _w(bw_ptr, 5) * _ssq(hl2) + _w(bw_ptr, 6) * _ssq(hh2)
+            en += _band_ssq(bw_ptr, 1, lh2, hl2, hh2)
         if LEVELS >= 3:
-            en += _w(bw_ptr, 7) * _ssq(lh3) + _w(bw_ptr, 8) * _ssq(hl3) + _w(bw_ptr, 9) * _ssq(hh3)
+            en += _band_ssq(bw_ptr, 2, lh3, hl3, hh3)
         if LEVELS >= 4:
-            en += _w(bw_ptr, 10) * _ssq(lh4) + _w(bw_ptr, 11) * _ssq(hl4) + _w(bw_ptr, 12) * _ssq(hh4)
+            en += _band_ssq(bw_ptr, 3, lh4, hl4, hh4)
         if LEVELS >= 5:
-            en += _w(bw_ptr, 13) * _ssq(lh5) + _w(bw_ptr, 14) * _ssq(hl5) + _w(bw_ptr, 15) * _ssq(hh5)
+            en += _band_ssq(bw_ptr, 4, lh5, hl5, hh5)
         if LEVELS == 1:
             en += wll * _ssq(ll1)
         if LEVELS == 2:
