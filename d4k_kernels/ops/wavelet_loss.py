@@ -825,11 +825,15 @@ def wavelet_energy(pred, x_t, x0, sigma, levels: int = 1, band_weights=None) -> 
     return _energy(pred, x_t, x0, sigma, _norm_weights(band_weights, levels), levels)
 
 
-def _loss(pred, x_t, x0, sigma, weighting, levels, band_weights, reduction) -> torch.Tensor:
-    """The band weights are divided by the coefficient count so that the kernel's per-sample sum is
+def _mean_weights(shape, levels: int, band_weights) -> List[float]:
+    """The band weights divided by the coefficient count, so that the kernel's per-sample sum is
     already the per-sample mean."""
-    count = coefficient_count(pred.shape, levels)
-    weights = [w / count for w in _norm_weights(band_weights, levels)]
+    count = coefficient_count(shape, levels)
+    return [w / count for w in _norm_weights(band_weights, levels)]
+
+
+def _loss(pred, x_t, x0, sigma, weighting, levels, band_weights, reduction) -> torch.Tensor:
+    weights = _mean_weights(pred.shape, levels, band_weights)
     if torch.compiler.is_compiling():  # registered ops + torch finishing: traceable
         return _finish(_energy(pred, x_t, x0, sigma, weights, levels), weighting, reduction)
     N = pred.shape[0]
@@ -849,8 +853,7 @@ def _loss(pred, x_t, x0, sigma, weighting, levels, band_weights, reduction) -> t
 def _loss_and_grad(pred, x_t, x0, sigma, weighting, levels, band_weights, reduction):
     """(loss, d loss / d pred) without an autograd graph: the fused pass and the finishing kernel
     (Triton), nothing else; the registered ops under torch.compile."""
-    count = coefficient_count(pred.shape, levels)
-    weights = [w / count for w in _norm_weights(band_weights, levels)]
+    weights = _mean_weights(pred.shape, levels, band_weights)
     N = pred.shape[0]
     acc = _acc_dtype(pred, x_t, x0)
     s = _per_sample(sigma, "sigmas", N, pred)
@@ -877,6 +880,18 @@ def _check_common(x, name, levels, reduction):
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)}): the mean over coefficients is undefined")
 
 
+def _check_loss_inputs(model_pred, noisy_latents, latents, sigmas, weighting, levels, reduction):
+    """The checks of wavelet_loss / wavelet_loss_and_grad; returns the per-sample weighting (or None)."""
+    check_tensor(model_pred, "model_pred", dtypes=_DTYPES, ndim=4)
+    check_tensor(noisy_latents, "noisy_latents", dtypes=_DTYPES, ndim=4)
+    check_tensor(latents, "latents", dtypes=_DTYPES, ndim=4)
+    check_same([model_pred, noisy_latents, latents], ["model_pred", "noisy_latents", "latents"])
+    _check_common(model_pred, "model_pred", levels, reduction)
+    if sigmas is None:
+        raise TypeError("sigmas must be given (shape (N,) or (N, 1, 1, 1))")
+    return _per_sample(weighting, "weighting", model_pred.shape[0], model_pred)
+
+
 def wavelet_loss(model_pred: torch.Tensor, noisy_latents: torch.Tensor, latents: torch.Tensor, sigmas,
                  weighting=None, levels: int = 1, band_weights=None, reduction: str = "mean") -> torch.Tensor:
     """Diffusion-4K's wavelet flow-matching loss, fused.
@@ -898,15 +913,7 @@ def wavelet_loss(model_pred: torch.Tensor, noisy_latents: torch.Tensor, latents:
     done in float32 (float64 for float64 inputs) and the loss is returned in that dtype. Gradients
     flow to every input that requires grad (model_pred, noisy_latents, latents, sigmas, weighting).
     """
-    check_tensor(model_pred, "model_pred", dtypes=_DTYPES, ndim=4)
-    check_tensor(noisy_latents, "noisy_latents", dtypes=_DTYPES, ndim=4)
-    check_tensor(latents, "latents", dtypes=_DTYPES, ndim=4)
-    check_same([model_pred, noisy_latents, latents], ["model_pred", "noisy_latents", "latents"])
-    _check_common(model_pred, "model_pred", levels, reduction)
-    N = model_pred.shape[0]
-    if sigmas is None:
-        raise TypeError("sigmas must be given (shape (N,) or (N, 1, 1, 1))")
-    w = _per_sample(weighting, "weighting", N, model_pred)
+    w = _check_loss_inputs(model_pred, noisy_latents, latents, sigmas, weighting, levels, reduction)
     return _loss(model_pred, noisy_latents, latents, sigmas, w, levels, band_weights, reduction)
 
 
@@ -928,15 +935,7 @@ def wavelet_loss_and_grad(model_pred: torch.Tensor, noisy_latents: torch.Tensor,
     ``noisy_latents``, ``latents``, ``sigmas`` or ``weighting``, or when something scales the loss
     before its backward (fp16 loss scaling: scale ``grad`` the same way).
     """
-    check_tensor(model_pred, "model_pred", dtypes=_DTYPES, ndim=4)
-    check_tensor(noisy_latents, "noisy_latents", dtypes=_DTYPES, ndim=4)
-    check_tensor(latents, "latents", dtypes=_DTYPES, ndim=4)
-    check_same([model_pred, noisy_latents, latents], ["model_pred", "noisy_latents", "latents"])
-    _check_common(model_pred, "model_pred", levels, reduction)
-    if sigmas is None:
-        raise TypeError("sigmas must be given (shape (N,) or (N, 1, 1, 1))")
-    N = model_pred.shape[0]
-    w = _per_sample(weighting, "weighting", N, model_pred)
+    w = _check_loss_inputs(model_pred, noisy_latents, latents, sigmas, weighting, levels, reduction)
     if w is not None:
         w = w.detach()
     sig = sigmas.detach() if isinstance(sigmas, torch.Tensor) else sigmas
