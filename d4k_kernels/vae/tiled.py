@@ -547,16 +547,16 @@ def _state_sizes(dec, z_shape, tiles: Sequence[Tuple[int, int, int, int]], halo:
     """Elements of each live tensor a tile parks at each GroupNorm (``[tile][step][tensor]``), from
     the same window bookkeeping as ``_tile_program`` (``_conv_range``, x2 upsampling), no tensors."""
     n, _, H, W = z_shape
+
+    def conv(a, size):
+        return _conv_range(a[0], a[1], size, 1)[:2]
+
+    def area(a, b):
+        return (a[1] - a[0]) * (b[1] - b[0])
+
     out = []
     for (y0, y1, x0, x1) in tiles:
         wy, wx, Hs, Ws = (max(0, y0 - halo), min(H, y1 + halo)), (max(0, x0 - halo), min(W, x1 + halo)), H, W
-
-        def conv(a, size):
-            return _conv_range(a[0], a[1], size, 1)[:2]
-
-        def area(a, b):
-            return (a[1] - a[0]) * (b[1] - b[0])
-
         steps = []
         for block in dec.up_blocks:
             for r in block.resnets:
