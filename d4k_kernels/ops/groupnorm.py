@@ -108,16 +108,43 @@ def _needs_grad(*ts, op: str = "") -> bool:
     return need
 
 
-def channel_scale_shift(mean, rstd, weight, bias, num_groups, C, dtype=torch.float32):
-    """Per-(sample, channel) affine ``y = x * scale + shift`` equal to GroupNorm apply, shape (N, C) each."""
+def model_stats_dtype(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor]):
+    """The dtype torch's own GroupNorm rounds mean / rstd to before it normalises ``x``, or None.
+
+    ``torch.nn.functional.group_norm`` returns mean / rstd in the parameter dtype (``x.dtype`` unless
+    ``x`` is 16-bit and weight / bias are float32). Its CUDA kernel then applies THOSE rounded values
+    (``scale = rstd * w``, ``shift = -scale * mean + b``, ``y = scale * x + shift`` in fp32), while the
+    CPU kernel applies its fp32 values. For a bf16 model on a GPU the rounding of the mean (2^-9
+    relative) moves GroupNorm's output by up to a few bf16 ulps, far more than any fp32 detail: exact
+    tiled decoding must round the same way to reproduce the untiled decode on that device."""
+    if x.device.type != "cuda" or x.dtype not in (torch.bfloat16, torch.float16):
+        return None
+    if any(t is not None and t.dtype != x.dtype for t in (weight, bias)):
+        return None  # mixed types: torch keeps float32 statistics
+    return x.dtype
+
+
+def channel_scale_shift(mean, rstd, weight, bias, num_groups, C, dtype=torch.float32, stats_dtype=None):
+    """Per-(sample, channel) affine ``y = x * scale + shift`` equal to GroupNorm apply, shape (N, C) each.
+
+    ``stats_dtype``: round mean / rstd to it first (see :func:`model_stats_dtype`). The shift is formed
+    as torch's CUDA kernel does, ``-scale * mean + bias`` with one rounding (a float64 product is exact)."""
     N = mean.shape[0]
     cg = C // num_groups
+    if stats_dtype is not None:
+        mean, rstd = mean.to(stats_dtype), rstd.to(stats_dtype)
     r = rstd.to(dtype).repeat_interleave(cg, dim=1)
     m = mean.to(dtype).repeat_interleave(cg, dim=1)
     scale = r if weight is None else r * weight.to(dtype).view(1, C)
-    shift = -m * scale
-    if bias is not None:
-        shift = shift + bias.to(dtype).view(1, C)
+    if dtype == torch.float64:
+        shift = -m * scale
+        if bias is not None:
+            shift = shift + bias.to(dtype).view(1, C)
+    else:
+        shift = -m.double() * scale.double()
+        if bias is not None:
+            shift = shift + bias.double().view(1, C)
+        shift = shift.to(dtype)
     return scale.reshape(N, C).contiguous(), shift.reshape(N, C).contiguous()
 
 
@@ -317,7 +344,8 @@ def _apply_torch(x, mean, rstd, weight, bias, num_groups, silu):
     """Plain, differentiable torch GroupNorm apply (fp32 math for 16-bit inputs, float64 for float64)."""
     N, C, H, W = x.shape
     cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
-    scale, shift = channel_scale_shift(mean, rstd, weight, bias, num_groups, C, cdt)
+    scale, shift = channel_scale_shift(mean, rstd, weight, bias, num_groups, C, cdt,
+                                       stats_dtype=model_stats_dtype(x, weight, bias))
     v = torch.addcmul(shift.view(N, C, 1, 1), x.to(cdt), scale.view(N, C, 1, 1)).to(x.dtype)
     if silu:  # on the x.dtype result, as F.silu(F.group_norm(x)) rounds twice for 16-bit x
         v = torch.nn.functional.silu(v)
@@ -347,7 +375,8 @@ def _apply_op(
     bias: Optional[torch.Tensor], num_groups: int, silu: bool,
 ) -> torch.Tensor:
     if backend.select(x) == "triton" and x.dtype != torch.float64:
-        scale, shift = channel_scale_shift(mean, rstd, weight, bias, num_groups, x.shape[1])
+        scale, shift = channel_scale_shift(mean, rstd, weight, bias, num_groups, x.shape[1],
+                                           stats_dtype=model_stats_dtype(x, weight, bias))
         return _apply_triton(x, scale, shift, silu)
     return _apply_torch(x, mean, rstd, weight, bias, num_groups, silu)
 
