@@ -5,6 +5,7 @@ pipeline cannot be imported because `transformers` is missing), diffusers.traini
 Diffusion-4K script's loss written with pytorch_wavelets (d4k_kernels.reference.wavelet_loss).
 """
 import ast
+import copy
 import importlib.util
 import math
 
@@ -219,30 +220,37 @@ def test_wrapped_model_and_errors():
 
 @pytest.mark.cuda
 def test_step_on_cuda_bf16(seed):
-    """The step on a GPU in bf16 (Triton kernels) against the torch path on the same CUDA tensors:
-    the loss to 1e-4, and the parameter gradients as one vector against the run-to-run spread of the
-    bf16 network's own backward (single parameters can differ a lot in bf16 where their gradient is a
-    sum that cancels; the H200 run of 2026-11-27 saw 0.67 vs a max of 0.73 in one of them)."""
+    """The step on a GPU in bf16 (Triton kernels) against the torch path on the same CUDA tensors: the
+    loss to 1e-4, and the gradient the loss hands to the network (d loss / d model_pred) against the
+    torch path's and against an fp32 model's. The parameter gradients are not compared: on an H200
+    (2026-11-27) the tiny random Flux's own bf16 backward gave non-finite parameter gradients on BOTH
+    paths for some seeds although d loss / d model_pred was bit-identical between them (the network's
+    backward in bf16, not the loss); in fp32 the parameter gradients are checked against the released
+    formula (test_step_matches_released_formula)."""
     dev = torch.device("cuda")
-    model = tiny_flux().to(dev, torch.bfloat16)
-    latents, ehs, pool = (t.to(dev, torch.bfloat16) for t in _batch(2, 16, 16))
+    base = tiny_flux()
+    latents, ehs, pool = _batch(2, 16, 16)
     noise, u = torch.randn_like(latents), torch.rand(2).clamp(0.05, 0.95)
-    step = FlowMatchingWLFStep(model, weighting_scheme="logit_normal", levels=2, band_weights=(1.0, 2.0, 2.0, 4.0))
 
-    def run(name):
-        model.zero_grad(set_to_none=True)
+    def run(model, dt, name):
+        step = FlowMatchingWLFStep(model, weighting_scheme="logit_normal", levels=2,
+                                   band_weights=(1.0, 2.0, 2.0, 4.0))
         with backend.prefer(name):
-            loss = step(latents, ehs, pool, noise=noise, u=u, backward=True).item()
-        g = torch.cat([p.grad.float().reshape(-1) for p in model.parameters() if p.grad is not None])
-        return loss, g
+            out = step(*(t.to(dev, dt) for t in (latents, ehs, pool)), noise=noise.to(dev, dt), u=u,
+                       return_output=True)
+            gp = torch.autograd.grad(out.loss, out.model_pred)[0]
+        return out.loss.item(), gp.float()
 
-    loss, g = run("triton")
-    ref, g_ref = run("cpu")
-    _, g_ref2 = run("cpu")
+    def rel(a, b):
+        return ((a - b).norm() / b.norm()).item()
+
+    _, gp32 = run(copy.deepcopy(base).to(dev, torch.float32), torch.float32, "cpu")
+    bf = copy.deepcopy(base).to(dev, torch.bfloat16)
+    loss, gp = run(bf, torch.bfloat16, "triton")
+    ref, gp_ref = run(bf, torch.bfloat16, "cpu")
     assert math.isclose(loss, ref, rel_tol=1e-4)
-    assert g.numel() == g_ref.numel() > 1000
-    assert torch.isfinite(g).all()
-    spread = ((g_ref - g_ref2).norm() / g_ref.norm()).item()
-    diff = ((g - g_ref).norm() / g_ref.norm()).item()
-    print(f"relative gradient difference {diff:.3e}, run-to-run spread {spread:.3e}")
-    assert diff <= max(2e-2, 4 * spread), (diff, spread)
+    assert torch.isfinite(gp).all() and gp.abs().max() > 0
+    print(f"d/d model_pred: triton vs torch path {rel(gp, gp_ref):.2e}; vs fp32 model: triton {rel(gp, gp32):.2e}, "
+          f"torch path {rel(gp_ref, gp32):.2e}")
+    assert rel(gp, gp_ref) <= 1e-2
+    assert rel(gp, gp32) <= 1.5 * rel(gp_ref, gp32) + 1e-3
