@@ -153,6 +153,22 @@ def test_bench_runner_table_and_json(tmp_path, monkeypatch, capsys):
     assert calls["d4k"] >= 4 and calls["peer"] >= 4  # warm-up + at least 3 timed calls
 
 
+def test_bench_summary_scales_sampled_peers(capsys):
+    """A peer timed on a sample of the group's work (work_fraction) is compared by its time for the
+    whole work: 10 ms for a quarter is 40 ms, 40x a 1 ms d4k (not 10x); so is its bandwidth share."""
+    rows = [{"group": "g", "impl": "d4k", "ms": 1.0, "error": ""},
+            {"group": "g", "impl": "slow peer, 1/4 sample", "ms": 10.0, "work_fraction": 0.25, "error": ""},
+            {"group": "g", "impl": "other peer", "ms": 30.0, "error": ""}]
+    bm._print_summary(rows)
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip().startswith("g ")][0]
+    assert "other peer" in line and "30.0000" in line and "30.00x" in line  # 30 ms beats 40 ms
+    rows[2]["ms"] = 50.0
+    bm._print_summary(rows)
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip().startswith("g ")][0]
+    assert "slow peer" in line and "40.0000" in line and "40.00x" in line
+    assert bm._whole(rows[1]) == 40.0 and bm._whole(rows[0]) == 1.0
+
+
 def test_time_case_median_is_positive():
     ms = bm.time_case(lambda: torch.randn(1000).sort(), torch.device("cpu"), quick=True)
     assert 0 < ms < 1000

@@ -32,6 +32,8 @@ class Case:
     bytes_moved: Optional[int] = None  # fewest bytes the work must move (inputs once + outputs once)
     note: str = ""
     graph: bool = True              # CUDA: also time replays of a CUDA graph of fn (False: host work)
+    work_fraction: float = 1.0      # share of the group's work one call does (a sample of a slow peer):
+                                    # ratios and the summary compare ms / work_fraction
 
     @property
     def is_d4k(self) -> bool:
@@ -154,15 +156,18 @@ def main(ops=None, device: str = "auto", quick: bool = False, json_path: Optiona
                     gms, err = float("nan"), (err + " " if err else "") + "graph: " + _short(e)
                     torch.cuda.synchronize()
             res.append((c, ms, gms, err))
-        d4k_ms = next((ms for c, ms, _, _ in res if c.is_d4k), float("nan"))
+        d4k_ms = next((ms / c.work_fraction for c, ms, _, _ in res if c.is_d4k), float("nan"))
         for c, ms, gms, err in res:
-            row = {"group": group, "impl": c.impl, "ms": ms, "vs_d4k": ms / d4k_ms if d4k_ms == d4k_ms else None,
+            row = {"group": group, "impl": c.impl, "ms": ms,
+                   "vs_d4k": ms / c.work_fraction / d4k_ms if d4k_ms == d4k_ms else None,
                    "bytes": c.bytes_moved, "error": err}
+            if c.work_fraction != 1.0:
+                row["work_fraction"] = c.work_fraction
             if gms is not None:
                 row["graph_ms"] = gms
             t = gms if gms is not None and gms == gms else ms
             if bw and c.bytes_moved and t == t:
-                row["pct_bw"] = 100.0 * c.bytes_moved / (t * 1e-3) / 1e9 / bw
+                row["pct_bw"] = 100.0 * c.bytes_moved / (t / c.work_fraction * 1e-3) / 1e9 / bw
             rows.append(row)
         _print_group(group, [r for r in rows if r["group"] == group])
         if json_path:  # after every group: a run stopped by a time limit keeps the groups it finished
@@ -193,11 +198,17 @@ def _print_group(group: str, rows: List[Dict]) -> None:
         print(f"  {r['impl']:<24}{ms}  {ratio}{gs} {bw} {r['error']}".rstrip(), flush=True)
 
 
+def _whole(r: Dict, key: str = "ms") -> float:
+    """A row's time for the group's whole work (its time / the share of the work it did)."""
+    return r.get(key, float("nan")) / r.get("work_fraction", 1.0)
+
+
 def _print_summary(rows: List[Dict]) -> None:
     """One line per group: d4k's time, the fastest peer, and how many times faster d4k is; on CUDA
     also the same under CUDA-graph replay (host launch costs out of the way)."""
     has_g = any("graph_ms" in r for r in rows)
-    print("\nsummary (median ms; speed-up = fastest peer / d4k" + ("; (g): CUDA-graph replay" if has_g else "") + ")")
+    print("\nsummary (median ms for the group's whole work; speed-up = fastest peer / d4k"
+          + ("; (g): CUDA-graph replay" if has_g else "") + ")")
     head = f"  {'group':<44}{'d4k':>10}  {'fastest peer':<22}{'peer':>10}{'speed-up':>10}"
     if has_g:
         head += f"{'d4k(g)':>10}{'peer(g)':>10}{'x(g)':>8}"
@@ -208,19 +219,19 @@ def _print_summary(rows: List[Dict]) -> None:
     for g, rs in groups.items():
         d = next((r for r in rs if r["impl"].startswith("d4k")), None)
         peers = [r for r in rs if not r["impl"].startswith("d4k") and r["ms"] == r["ms"]]
-        best = min(peers, key=lambda r: r["ms"]) if peers else None
-        dms = d["ms"] if d else float("nan")
+        best = min(peers, key=_whole) if peers else None
+        dms = _whole(d) if d else float("nan")
         line = f"  {g[:43]:<44}{dms:>10.4f}  "
         if best:
-            line += f"{best['impl'][:21]:<22}{best['ms']:>10.4f}{best['ms'] / dms:>9.2f}x"
+            line += f"{best['impl'][:21]:<22}{_whole(best):>10.4f}{_whole(best) / dms:>9.2f}x"
         else:
             line += f"{'-':<22}{'':>10}{'':>10}"
         if has_g:
-            dg = d.get("graph_ms", float("nan")) if d else float("nan")
+            dg = _whole(d, "graph_ms") if d else float("nan")
             gp = [r for r in peers if r.get("graph_ms") is not None and r["graph_ms"] == r["graph_ms"]]
-            bg = min(gp, key=lambda r: r["graph_ms"]) if gp else None
+            bg = min(gp, key=lambda r: _whole(r, "graph_ms")) if gp else None
             line += f"{dg:>10.4f}"
-            line += (f"{bg['graph_ms']:>10.4f}{bg['graph_ms'] / dg:>7.2f}x" if bg and dg == dg and dg > 0
+            line += (f"{_whole(bg, 'graph_ms'):>10.4f}{_whole(bg, 'graph_ms') / dg:>7.2f}x" if bg and dg == dg and dg > 0
                      else f"{'-':>10}{'':>8}")
         if d and "pct_bw" in d:
             line += f"{d['pct_bw']:>6.1f}%"

@@ -38,7 +38,8 @@ def _natural(size: int, n: int = 1, seed: int = 0) -> np.ndarray:
                      for i in range(n)])
 
 
-def _skimage_case(group: str, imgs: np.ndarray, size: int, max_patches, label: str) -> List[Case]:
+def _skimage_case(group: str, imgs: np.ndarray, size: int, max_patches, label: str,
+                  work_fraction: float = 1.0) -> List[Case]:
     try:
         from ..reference.glcm import patch_scores
         import skimage  # noqa: F401
@@ -49,7 +50,8 @@ def _skimage_case(group: str, imgs: np.ndarray, size: int, max_patches, label: s
         for im in imgs:
             patch_scores(im, size=size, max_patches=max_patches)
 
-    return [Case(group, label, fn, note="the paper's per-patch skimage loop", graph=False)]  # CPU work
+    return [Case(group, label, fn, note="the paper's per-patch skimage loop", graph=False,  # CPU work
+                 work_fraction=work_fraction)]
 
 
 def _threads(n: int, f):
@@ -124,10 +126,12 @@ def cases(device: torch.device, quick: bool = False) -> List[Case]:
                             note="one-hot int8 dot kernel"))
             out.append(Case(group, "d4k triton hist", variant(False, "hist", 1), bytes_moved=nbytes,
                             note="tl.histogram kernel"))
-            out.append(Case(group, "d4k torch fallback (GPU)", fallback, bytes_moved=nbytes))
+            out.append(Case(group, "d4k torch fallback (GPU)", fallback, bytes_moved=nbytes,
+                            graph=False))  # copies a host table per call: not capturable
             sub = 64 if quick else 256
             out += _skimage_case(group, imgs[:1], size, sub,
-                                 f"skimage loop, {sub} patches (x{npatch // sub} = this group)")
+                                 f"skimage loop, {sub} patches (x{npatch // sub} = this group)",
+                                 work_fraction=sub / npatch)
         return out
 
     # CPU
@@ -151,6 +155,6 @@ def cases(device: torch.device, quick: bool = False) -> List[Case]:
     plan = G._plan(64, tuple(G.offsets_of(G.PAPER_DISTANCES, G.PAPER_ANGLES)), 64)
     scale = npatch // ((tsize // 64) ** 2)
     out.append(Case(group, "d4k torch fallback 1 thread" + (f", {tsize}^2 crop (x{scale})" if scale > 1 else ""),
-                    _threads(1, lambda: G._torch_scores(tx, plan, 4)), bytes_moved=nbytes))
+                    _threads(1, lambda: G._torch_scores(tx, plan, 4)), bytes_moved=nbytes, work_fraction=1 / scale))
     out += _skimage_case(group, imgs, size, None, "skimage loop (whole image)")
     return out
