@@ -37,17 +37,17 @@ timeout "$(left ${D4K_GPU_TEST_LIMIT:-120})" python3 -m pytest -v -n 8 -p no:cac
 tests_rc=${PIPESTATUS[0]}
 
 # 2. VAE decodes take seconds each: one table of time, peak memory and PSNR against the untiled decode
-#    (Flux untiled, exact tiled, 8192^2, tile sweep, diffusers tiled, then SC-VAE F16) instead of the repeated-timing
-#    runner; D4K_GPU_VAE_ARGS replaces the default "--tiles 171,256" (e.g. "--only REGEX"). Before the
-#    per-family benchmarks: the VAE rows (8192^2, PSNR, tile sweep) were what two runs left unmeasured
+#    (Flux untiled, exact tiled, 8192^2, diffusers tiled, then SC-VAE F16) instead of the repeated-timing
+#    runner; D4K_GPU_VAE_ARGS adds e.g. "--tiles 171,256" (a tile sweep) or "--only REGEX". The 8192^2
+#    decode alone took 62 s on an H200 (2026-11-27); the rows print as they finish
 bench_rc=0
-timeout "$(left ${D4K_GPU_VAE_LIMIT:-110})" python3 -m d4k_kernels.benchmarks.vae --device cuda ${D4K_GPU_VAE_ARGS:---tiles 171,256} > "$OUT/vae_memory.log" 2>&1 \
+timeout "$(left ${D4K_GPU_VAE_LIMIT:-120})" python3 -m d4k_kernels.benchmarks.vae --device cuda ${D4K_GPU_VAE_ARGS:-} > "$OUT/vae_memory.log" 2>&1 \
   || { echo "vae memory table stopped (rc $?), see vae_memory.log"; bench_rc=1; }
 
 # 3. the 4K benchmarks, one table per op family (d4k beside its peers); JSON rows are written after every
 #    group, so a family stopped by its limit keeps what it finished
 declare -A LIMIT=([haar]=40 [wavelet_loss]=${D4K_GPU_WLF_LIMIT:-45} [upconv]=40 [glcm]=30)
-for op in ${D4K_GPU_OPS:-wavelet_loss glcm upconv haar}; do  # what is owed first
+for op in ${D4K_GPU_OPS:-wavelet_loss upconv haar glcm}; do
   timeout "$(left "${LIMIT[$op]}")" python3 -m d4k_kernels.cli bench --device cuda --op "$op" --json "$OUT/bench_$op.json" \
     > "$OUT/bench_$op.log" 2>&1 || { echo "bench $op stopped (rc $?), see bench_$op.log"; bench_rc=1; }
 done

@@ -97,7 +97,7 @@ def _make_fn(spec: Dict, device: torch.device, dtype) -> Callable[[], object]:
                 return vae.decode(z).sample
         return fn
     dec = ExactTiledDecoder(vae.decoder, vae.post_quant_conv, tile=spec.get("tile"),
-                            max_memory=spec.get("max_memory"), progress=False)
+                            max_memory=spec.get("max_memory"), progress=spec.get("progress", False))
 
     def tiled():
         return dec(z)
@@ -147,7 +147,8 @@ def memory_table(device: torch.device, quick: bool = False, extra_8k: bool = Tru
     if device.type == "cuda" and extra_8k:
         extra.append(dict(group="vae decode Flux F8 -> 8192^2 (1024^2 latent) bf16", impl="d4k exact tiled",
                           cfg=_flux_cfg(None), lat=1024, mode="d4k_tiled", stride=1, max_memory="24GiB",
-                          warmup=False))  # ~4x the 4096^2 decode: one run (kernels already compiled above)
+                          warmup=False, progress=True))  # ~4x the 4096^2 decode: one run (kernels compiled
+        # above), with a progress bar on stderr so that a run cut by a time limit shows how far it got
     extra += [dict(base, impl=f"d4k exact tiled, tile={t}", tile=t) for t in tiles]
     specs[at:at] = extra + diffusers_tiled
     if only:
