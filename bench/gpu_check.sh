@@ -44,9 +44,10 @@ fi
 # 2. VAE decodes take seconds each: one table of time, peak memory and PSNR against the untiled decode
 #    (Flux untiled, exact tiled, 8192^2, diffusers tiled, then SC-VAE F16) instead of the repeated-timing
 #    runner; D4K_GPU_VAE_ARGS adds e.g. "--tiles 171,256" (a tile sweep) or "--only REGEX". The 8192^2
-#    decode alone took 62 s on an H200 (2026-11-27); the rows print as they finish
+#    decode alone took 62 s on an H200 (2026-11-27); the Flux 4096^2 untiled and exact tiled times are
+#    medians of 3 warm runs (~25 s more); the rows print as they finish
 bench_rc=0
-timeout "$(left ${D4K_GPU_VAE_LIMIT:-120})" python3 -m d4k_kernels.benchmarks.vae --device cuda ${D4K_GPU_VAE_ARGS:-} > "$OUT/vae_memory.log" 2>&1 \
+timeout "$(left ${D4K_GPU_VAE_LIMIT:-140})" python3 -m d4k_kernels.benchmarks.vae --device cuda ${D4K_GPU_VAE_ARGS:-} > "$OUT/vae_memory.log" 2>&1 \
   || { echo "vae memory table stopped (rc $?), see vae_memory.log"; bench_rc=1; }
 
 # 3. the 4K benchmarks, one table per op family (d4k beside its peers); JSON rows are written after every

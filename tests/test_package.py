@@ -203,3 +203,19 @@ def test_env_tile_settings(monkeypatch):
     monkeypatch.setenv("D4K_X_TILE", "big")
     with pytest.raises(ValueError, match="D4K_X_TILE must look like 32x128"):
         env_tile("D4K_X_TILE", "32x128", "D4K_X_WARPS", 4)
+
+
+def test_vae_memory_table_repeats_and_psnr(monkeypatch, capsys):
+    """The VAE table (bench/gpu_check.sh's VAE step) on the CPU's quick configs: a case with runs=2 is
+    timed twice and reports the median with its range; the exact tiled decode's PSNR is against the
+    group's untiled decode (fp32: far above the 60 dB of the bf16 target)."""
+    pytest.importorskip("diffusers")
+    import d4k_kernels.benchmarks.vae as V
+
+    specs = V._specs
+    monkeypatch.setattr(V, "_specs", lambda d, q: [dict(s, runs=2) for s in specs(d, q)])
+    rows = V.memory_table(torch.device("cpu"), quick=True, only=r"Flux.*(diffusers|d4k exact tiled)$")
+    assert [r["impl"] for r in rows] == ["diffusers", "d4k exact tiled"]
+    assert all(r["ms"] > 0 and not r["error"] and "median of 2" in r["info"] for r in rows)
+    assert rows[1]["psnr_db"] > 100 and "tile " in rows[1]["info"]
+    assert "median of 2" in capsys.readouterr().out
