@@ -456,7 +456,9 @@ def group_norm_apply(
 
     ``mean`` / ``rstd`` are (N, G) (e.g. from :func:`group_norm_finalize` of the whole tensor, so that a
     tile is normalised exactly as the whole); ``weight`` / ``bias`` are (C,) or None. With the statistics of
-    ``x`` itself this equals ``F.group_norm(x, G, weight, bias, eps)`` (+ ``F.silu``). One fused Triton kernel
+    ``x`` itself this equals ``F.group_norm(x, G, weight, bias, eps)`` (+ ``F.silu``) on x's device: for a
+    16-bit ``x`` on CUDA the statistics are first rounded to x's dtype, as torch's CUDA kernel does
+    (:func:`model_stats_dtype`). One fused Triton kernel
     (fp32 math) on CUDA; any strides. When a gradient is needed the differentiable torch path runs instead.
     """
     _check_x_groups(x, num_groups)
