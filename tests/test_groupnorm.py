@@ -77,8 +77,8 @@ def test_apply_silu_rounds_like_the_model(backend_device, seed, dtype):
     the elements. On CUDA the model also normalises with mean / rstd rounded to the 16-bit dtype
     (``model_stats_dtype``); without that rounding this test failed on an H200 (elements whose GroupNorm
     output is near 0) and the bf16 tiled Flux decode stayed at 58.9 dB PSNR from the untiled one; with
-    it the test passed and the decode reached 63.2 dB (H200, 2026-11-27). Allowed here: an ulp of GroupNorm's output where the statistics' last fp32 bit differs (rare),
-    or where the Triton interpreter truncates instead of rounding to nearest (CPU runs of the kernel)."""
+    it the test passed and the decode reached 63.2 dB (H200, 2026-11-27). Allowed here: an ulp of
+    GroupNorm's output where the statistics' last fp32 bit differs (rare), or where the Triton interpreter truncates instead of rounding to nearest (CPU runs of the kernel)."""
     name, dev = backend_device
     N, C, H, W, G = 2, 32, 16, 24, 8
     x = (torch.randn(N, C, H, W) * 2 + 0.5).to(dev, dtype)
@@ -194,4 +194,3 @@ def test_scale_shift_with_rounded_statistics(seed):
                            channel_scale_shift(mean, rstd, w, b, G, C)[1])
     x = torch.randn(1, C, 4, 4).bfloat16()
     assert model_stats_dtype(x, w, b) is None  # CPU: torch applies its fp32 statistics
-

@@ -135,9 +135,10 @@ def _psnr(a: torch.Tensor, ref: torch.Tensor) -> float:
 
 def memory_table(device: torch.device, quick: bool = False, extra_8k: bool = True,
                  tiles: Sequence[int] = (), only: Optional[str] = None, warm_8k: bool = False) -> List[Dict]:
-    """Time (one warm run; the 8192^2 decode: one cold run, warm with ``warm_8k``), peak memory and PSNR against the group's
-    untiled decode of every case; on CUDA also Flux F8 -> 8192^2 exact tiled. ``tiles``: extra exact tiled Flux 4096^2 decodes with
-    these tile sizes (latent pixels) under the same 8 GiB budget; ``only``: a regex on group + impl."""
+    """Time (one warm run, or the median of ``runs``; the 8192^2 decode: one cold run, warm with
+    ``warm_8k``), peak memory and PSNR against the group's untiled decode of every case; on CUDA also
+    Flux F8 -> 8192^2 exact tiled. ``tiles``: extra exact tiled Flux 4096^2 decodes with these tile
+    sizes (latent pixels) under the same 8 GiB budget; ``only``: a regex on group + impl."""
     rows = []
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     # order: what a time-limited GPU run needs most comes first (the untiled reference, the exact tiled
@@ -188,8 +189,8 @@ def memory_table(device: torch.device, quick: bool = False, extra_8k: bool = Tru
                 pl = dec.last_plan
                 G = 2**30
                 info += (f"tile {pl.tile}, {pl.n_tiles} tiles, offloaded {dec.last_offloaded_bytes / G:.1f} GiB "
-                        f"(est {pl.est_offload / G:.1f}), host peak {dec.last_peak_host_bytes / G:.1f} GiB "
-                        f"(est {pl.est_host / G:.1f})")
+                         f"(est {pl.est_offload / G:.1f}), host peak {dec.last_peak_host_bytes / G:.1f} GiB "
+                         f"(est {pl.est_host / G:.1f})")
             del out
         except Exception as e:  # e.g. out of memory for the untiled 8K decode
             ms, peak, err = float("nan"), float("nan"), f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"

@@ -136,15 +136,10 @@ def channel_scale_shift(mean, rstd, weight, bias, num_groups, C, dtype=torch.flo
     r = rstd.to(dtype).repeat_interleave(cg, dim=1)
     m = mean.to(dtype).repeat_interleave(cg, dim=1)
     scale = r if weight is None else r * weight.to(dtype).view(1, C)
-    if dtype == torch.float64:
-        shift = -m * scale
-        if bias is not None:
-            shift = shift + bias.to(dtype).view(1, C)
-    else:
-        shift = -m.double() * scale.double()
-        if bias is not None:
-            shift = shift + bias.double().view(1, C)
-        shift = shift.to(dtype)
+    shift = -m.double() * scale.double()  # exact for fp32 m, scale: the cast below rounds once
+    if bias is not None:
+        shift = shift + bias.double().view(1, C)
+    shift = shift.to(dtype)
     return scale.reshape(N, C).contiguous(), shift.reshape(N, C).contiguous()
 
 
