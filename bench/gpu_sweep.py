@@ -24,20 +24,37 @@ def _t(fn):
         return float("nan")
 
 
+def _sweep(title: str, tiles, apply, cases, width: int, budget_s: float, restore):
+    """Time every case for each (tile, warps) variant until budget_s is spent; one printed row each.
+    apply(tile, warps) sets the variant; restore() puts the module's defaults back."""
+    t0 = time.time()
+    print(title)
+    try:
+        for tile, warps in itertools.product(tiles, [4, 8]):
+            if time.time() - t0 > budget_s:
+                break
+            apply(tile, warps)
+            r = [_t(c) for c in cases]
+            print(f"  {tile[0]:>3}x{tile[1]:<4} {warps:>3}  " + "  ".join(f"{v:{width}.1f}" for v in r), flush=True)
+    finally:
+        restore()
+
+
 def haar(budget_s: float):
     dev = torch.device("cuda")
     x = torch.randn(8, 16, 512, 512, device=dev).to(torch.bfloat16)
     yl, yh = dwt2(x, 1)
     x1 = torch.randn(1, 16, 512, 512, device=dev).to(torch.bfloat16)
-    t0 = time.time()
-    print("haar tile  warps   dwt J=1 (8,16,512^2)  dwt J=3  idwt J=1  dwt J=1 (1,16,512^2)   [us, graph replay]")
-    for tile, warps in itertools.product([(32, 128), (16, 256), (64, 128), (32, 256), (64, 64)], [4, 8]):
-        if time.time() - t0 > budget_s:
-            break
+
+    def apply(tile, warps):
         H._TILE, H._NUM_WARPS = tile, warps
-        r = [_t(lambda: dwt2(x, 1)), _t(lambda: dwt2(x, 3)), _t(lambda: idwt2((yl, yh))), _t(lambda: dwt2(x1, 1))]
-        print(f"  {tile[0]:>3}x{tile[1]:<4} {warps:>3}  " + "  ".join(f"{v:9.1f}" for v in r), flush=True)
-    H._TILE, H._NUM_WARPS = H._env_tile()
+
+    def restore():
+        H._TILE, H._NUM_WARPS = H._env_tile()
+
+    _sweep("haar tile  warps   dwt J=1 (8,16,512^2)  dwt J=3  idwt J=1  dwt J=1 (1,16,512^2)   [us, graph replay]",
+           [(32, 128), (16, 256), (64, 128), (32, 256), (64, 64)], apply,
+           [lambda: dwt2(x, 1), lambda: dwt2(x, 3), lambda: idwt2((yl, yh)), lambda: dwt2(x1, 1)], 9, budget_s, restore)
 
 
 def wlf(budget_s: float):
@@ -46,15 +63,15 @@ def wlf(budget_s: float):
     for shape in [(4, 16, 512, 512), (1, 16, 512, 512), (4, 16, 256, 256)]:
         pred, xt, x0, sig, w = wlf_inputs(shape, torch.bfloat16, dev)
         cases.append(lambda p=pred, a=xt, b=x0, s=sig, ww=w: torch.autograd.grad(wavelet_loss(p, a, b, s, ww), p)[0])
-    t0 = time.time()
-    print("wlf BHxBW warps   fwd+bwd (4,16,512^2)  (1,16,512^2)  (4,16,256^2)   [us, graph replay]")
-    for tile, warps in itertools.product([(8, 64), (4, 64), (8, 32), (16, 64), (4, 128)], [4, 8]):
-        if time.time() - t0 > budget_s:
-            break
+
+    def apply(tile, warps):
         WL._GPU_TILE, WL._WARPS = tile, warps
-        r = [_t(c) for c in cases]
-        print(f"  {tile[0]:>3}x{tile[1]:<4} {warps:>3}  " + "  ".join(f"{v:12.1f}" for v in r), flush=True)
-    WL._GPU_TILE, WL._WARPS = WL._env_gpu_tile()
+
+    def restore():
+        WL._GPU_TILE, WL._WARPS = WL._env_gpu_tile()
+
+    _sweep("wlf BHxBW warps   fwd+bwd (4,16,512^2)  (1,16,512^2)  (4,16,256^2)   [us, graph replay]",
+           [(8, 64), (4, 64), (8, 32), (16, 64), (4, 128)], apply, cases, 12, budget_s, restore)
 
 
 if __name__ == "__main__":
