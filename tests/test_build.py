@@ -111,22 +111,29 @@ def test_glcm_extension_is_built_once_and_cached(monkeypatch):
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 flags")
-def test_glcm_portable_build_matches(monkeypatch, seed):
-    """The C++ kernel built without AVX2/AVX-512 (the portable scan) gives the same scores."""
+@pytest.mark.parametrize("variant,flags", [
+    ("portable", ["-mno-avx2", "-mno-avx512f"]),     # scalar scan
+    ("avx2", ["-mno-avx512f"]),                      # AVX2 scan
+    ("nopopcnt", ["-mno-avx512vpopcntdq"]),          # AVX-512 range scan, no bitmap path
+])
+def test_glcm_portable_build_matches(monkeypatch, seed, variant, flags):
+    """The C++ kernel built for older instruction sets gives the same scores."""
     import numpy as np
 
     from d4k_kernels.ops import glcm as G
 
     monkeypatch.delenv("D4K_NO_EXT", raising=False)
+    ns = f"d4k_glcm_{variant}"
     try:
         lib = _build.load_extension(
-            "glcm_portable", ["csrc/glcm.cpp", "bindings/glcm.cpp"], ops_namespace="d4k_glcm_portable",
-            extra_cflags=["-mno-avx2", "-mno-avx512f", "-DD4K_GLCM_NS=d4k_glcm_portable"], required=True)
+            f"glcm_{variant}", ["csrc/glcm.cpp", "bindings/glcm.cpp"], ops_namespace=ns,
+            extra_cflags=flags + [f"-DD4K_GLCM_NS={ns}"], required=True)
     except _build.ExtensionError as e:
         pytest.skip(f"no working compiler here: {e}")
     rng = np.random.default_rng(seed)
-    img = rng.integers(0, 256, (2, 128, 128)).astype(np.uint8)
+    img = rng.integers(0, 256, (3, 128, 128)).astype(np.uint8)
     img[1] = (np.add.outer(np.arange(128), np.arange(128)) // 9).astype(np.uint8)  # smooth: counts >= 4
+    img[2] = (rng.choice([40, 48, 60, 72], size=(128, 128)) + rng.integers(0, 4, (128, 128))).astype(np.uint8)
     g = torch.from_numpy(img)
     plan = G._plan(64, tuple(G.offsets_of(G.PAPER_DISTANCES, G.PAPER_ANGLES)), 64)
     kt, mult, flog, offs = G._device_tables(plan, torch.device("cpu"))

@@ -209,6 +209,50 @@ def test_score_mixed_patches_exact(use_path, path, seed):
     assert abs(float(mean) - ref.mean()) <= 1e-12
 
 
+def _level_patch(rng, levels, layout: str) -> np.ndarray:
+    """A 64 x 64 gray patch whose quantised levels (g // 4) are exactly ``levels``, each present."""
+    levels = np.asarray(levels)
+    if layout == "random":
+        q = rng.choice(levels, size=(64, 64))
+    elif layout == "bands":                                   # smooth: long runs, counts >= 4
+        q = levels[(np.arange(64)[:, None] * len(levels) // 64 + np.zeros((1, 64), int))]
+        q = np.where(rng.random((64, 64)) < 0.05, rng.choice(levels, size=(64, 64)), q)
+    else:                                                     # "edges": rare levels on the borders only
+        q = np.full((64, 64), levels[0])
+        border = [(r, c) for r in (0, 1, 62, 63) for c in range(64)] + [(r, c) for c in (0, 63) for r in range(64)]
+        for i, lv in enumerate(levels[1:]):
+            r, c = border[(i * 37) % len(border)]
+            q[r, c] = lv
+    q[0, 0], q[63, 63] = levels.min(), levels.max()
+    q.flat[rng.permutation(4096)[:len(levels)]] = levels     # every level present
+    return (q * 4 + rng.integers(0, 4, q.shape)).astype(np.uint8)
+
+
+@pytest.mark.parametrize("path", FULL_PATHS)
+def test_score_level_count_and_range_cases(use_path, path, seed):
+    """Patches around the C++ kernel's branch points: the bitmap path (<= 16 levels within a range of
+    < 24), its fallback (17 levels in a narrow range), few levels over a wide range (table path, range
+    scan), ranges of 32 / 33 / 64 levels (the scan's one- and two-vector rows), levels 0 and 63, and
+    rare levels only on the patch borders (the bitmap shifts and zero rows). <= 1e-12 from skimage."""
+    dev = use_path(path)
+    rng = np.random.default_rng(seed)
+    cases = []
+    for p, lo, span in [(1, 20, 1), (2, 0, 2), (4, 60, 4), (15, 5, 23), (16, 40, 20), (16, 0, 16), (17, 3, 20),
+                        (16, 0, 64), (5, 10, 32), (20, 31, 33), (33, 0, 33), (64, 0, 64), (8, 30, 24)]:
+        lv = np.sort(rng.choice(np.arange(lo + 1, lo + span - 1), size=p - 2, replace=False)) if p > 2 else []
+        levels = np.unique(np.concatenate([[lo, lo + span - 1][:p], lv]).astype(int))
+        assert len(levels) == p and levels.max() - levels.min() + 1 == span
+        for layout in ("random", "bands", "edges"):
+            cases.append(_level_patch(rng, levels, layout))
+    side = math.ceil(math.sqrt(len(cases)))
+    cases += [rng.integers(0, 256, (64, 64)).astype(np.uint8) for _ in range(side * side - len(cases))]
+    img = np.concatenate([np.concatenate(cases[r * side:(r + 1) * side], 1) for r in range(side)], 0)
+    out = G.glcm_score(torch.from_numpy(img).to(dev), size=64 * side, reduction="none")
+    ref = _ref_scores(img, 64 * side)
+    assert out.shape == (side * side,)
+    np.testing.assert_allclose(out.cpu().numpy(), ref, rtol=0, atol=1e-12)
+
+
 def _no_merge_entropy(patch_q: np.ndarray) -> float:
     """Entropy if equal fractions of different slices were NOT merged (a wrong variant)."""
     g = graycomatrix(patch_q, [1, 2, 3, 4], list(G.PAPER_ANGLES), levels=64)
