@@ -762,12 +762,17 @@ class ExactTiledDecoder:
     ``use_kernels``: the d4k GroupNorm / upconv kernels (None = when importable and on CUDA);
     ``offload``: park tile state in pinned CPU memory when it does not fit the budget
     (None/True) or never (False).
+    ``measure_memory``: on CUDA, also measure the parts of the memory model the planner estimates
+    (``last_fixed_peak_bytes``: the whole-latent part, ``last_step_peak_bytes``: the largest working
+    set of one tile step, both above what was allocated before them). It resets the CUDA allocator's
+    peak statistics before each part, so a caller's own ``max_memory_allocated`` reading over the
+    decode is lost: off by default.
     """
 
     def __init__(self, decoder: nn.Module, post_quant_conv: Optional[nn.Module] = None, *,
                  tile: Optional[int] = None, max_memory=None, halo: Optional[int] = None,
                  progress: Optional[bool] = None, use_kernels: Optional[bool] = None,
-                 offload: Optional[bool] = None):
+                 offload: Optional[bool] = None, measure_memory: bool = False):
         check_decoder(decoder)
         if tile is not None:
             check_int(tile, "tile", lo=1)
@@ -782,6 +787,9 @@ class ExactTiledDecoder:
         self.last_offloaded_bytes = 0  # bytes moved to the host over the whole decode
         self.last_peak_parked_bytes = 0  # the most tile state parked at once (device + host)
         self.last_peak_host_bytes = 0  # the most of it in host memory at once
+        self.measure_memory = bool(measure_memory)
+        self.last_fixed_peak_bytes: Optional[int] = None  # measured (CUDA, measure_memory): see above
+        self.last_step_peak_bytes: Optional[int] = None
 
     def plan(self, z: torch.Tensor) -> TilePlan:
         return plan_tiles(self.decoder, tuple(z.shape), z.dtype, tile=self.tile, max_memory=self.max_memory,
@@ -796,11 +804,26 @@ class ExactTiledDecoder:
         plan = self.plan(z)
         self.last_plan = plan
         ops = get_ops(z.device, self.use_kernels)
+        measure = self.measure_memory and z.device.type == "cuda"
+        self.last_fixed_peak_bytes = self.last_step_peak_bytes = None
+
+        def mark() -> int:  # allocated bytes now; the peak from here on is measured
+            torch.cuda.reset_peak_memory_stats(z.device)
+            return torch.cuda.memory_allocated(z.device)
+
+        def since(a0: int) -> int:
+            return torch.cuda.max_memory_allocated(z.device) - a0
+
+        if measure:
+            a0 = mark()
         if self.post_quant_conv is not None:
             z = self.post_quant_conv(z)
         x = dec.conv_in(z)
         x = dec.mid_block(x, None)
         x = x.to(next(iter(dec.up_blocks.parameters())).dtype)
+        if measure:
+            self.last_fixed_peak_bytes = since(a0)
+            step_peak = 0
         n, _, H, W = x.shape
         halo, s = plan.halo, _scale(dec)
         gens = []
@@ -825,6 +848,8 @@ class ExactTiledDecoder:
                     if i + 1 < len(gens) and waiting[i + 1] is not None:
                         for hd in waiting[i + 1][1]:
                             store.prefetch(hd)  # the next tile's state comes back while this one runs
+                    if measure:
+                        a0 = mark()
                     try:
                         if waiting[i] is None:
                             req = next(g)
@@ -836,6 +861,8 @@ class ExactTiledDecoder:
                             req = g.send(stats)
                     except StopIteration as stop:
                         res: _Tile = stop.value
+                        if measure:
+                            step_peak = max(step_peak, since(a0))
                         if out is None:
                             out = torch.empty((n, res.t.shape[1], H * s, W * s), dtype=res.t.dtype,
                                               device=res.t.device)
@@ -844,6 +871,8 @@ class ExactTiledDecoder:
                         if bar is not None:
                             bar.update(1)
                         continue
+                    if measure:
+                        step_peak = max(step_peak, since(a0))
                     if norm is None:
                         total, norm = req.stats, req.norm
                     elif req.norm is not norm:
@@ -865,6 +894,8 @@ class ExactTiledDecoder:
         finally:
             if bar is not None:
                 bar.close()
+        if measure:
+            self.last_step_peak_bytes = step_peak
         self.last_offloaded_bytes = store.offloaded
         self.last_peak_parked_bytes, self.last_peak_host_bytes = store.peak_parked, store.peak_host
         if out is None:  # pragma: no cover
