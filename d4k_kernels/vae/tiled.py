@@ -518,12 +518,13 @@ class TilePlan:
     halo: int                   # latent pixels of context on each side
     tiles: List[Tuple[int, int, int, int]]  # latent cores (y0, y1, x0, x1)
     budget: Optional[int]       # bytes, None = unbounded
-    est_fixed: int              # bytes: weights + whole-latent mid-block + output image
+    est_fixed: int              # bytes: weights + whole-latent mid-block + output image (mid-block phase)
     est_tile: int               # bytes: working set of one tile
     state_budget: Optional[int]  # bytes of parked state allowed on the device
     est_state: int = 0          # bytes: the most tile state parked at once (device + host)
     est_host: int = 0           # bytes: the most of it in (pinned) host memory at once
     est_offload: int = 0        # bytes: moved to the host over the whole decode (and back)
+    est_resident: int = 0       # bytes held through the tile phase: weights + mid-block output + image
 
     @property
     def n_tiles(self) -> int:
@@ -635,11 +636,16 @@ def _warn_if_host_short(plan: "TilePlan", z_shape) -> bool:
     return True
 
 
-def estimate_fixed_bytes(dec, z_shape, itemsize: int, out_itemsize: Optional[int] = None) -> int:
+def estimate_fixed_bytes(dec, z_shape, itemsize: int, out_itemsize: Optional[int] = None,
+                         resident: bool = False) -> int:
+    """Peak bytes of the whole-latent phase: the weights, the mid-block (8 x its activation, covering
+    its temporaries and attention workspace) and the output image. ``resident=True``: what stays
+    allocated through the tile phase instead, where the mid-block's temporaries are gone: the weights,
+    its output (the tiles' first windows are views of it) and the output image."""
     n, _, h, w = z_shape
     params = sum(p.numel() * p.element_size() for p in dec.parameters())
     c_mid = dec.conv_in.out_channels
-    mid = 8 * n * c_mid * h * w * itemsize  # mid-block activations + attention workspace
+    mid = (1 if resident else 8) * n * c_mid * h * w * itemsize
     s = _scale(dec)
     out = n * dec.conv_out.out_channels * h * w * s * s * (out_itemsize or itemsize)
     return params + mid + out
@@ -685,10 +691,14 @@ def plan_tiles(dec, z_shape, dtype, *, tile: Optional[int] = None, max_memory=No
         tile = min(tile, max(h, w))
     check_int(tile, "tile", lo=1)
     est_tile = estimate_tile_bytes(dec, n, tile, halo, itemsize)
-    state_budget = max(0, budget - fixed - est_tile)
+    # parked state lives in the tile phase, next to what stays resident and one tile's working set; the
+    # mid-block's temporaries (in est_fixed) are freed before it starts, so they do not count against it
+    resident = estimate_fixed_bytes(dec, z_shape, itemsize, resident=True)
+    state_budget = max(0, budget - resident - est_tile)
     tiles = [(y0, y1, x0, x1) for (y0, y1) in _partition(h, tile) for (x0, x1) in _partition(w, tile)]
     est_state, est_host, est_offload = simulate_parking(dec, z_shape, tiles, halo, itemsize, state_budget)
-    return TilePlan(tile, halo, tiles, budget, fixed, est_tile, state_budget, est_state, est_host, est_offload)
+    return TilePlan(tile, halo, tiles, budget, fixed, est_tile, state_budget, est_state, est_host, est_offload,
+                    resident)
 
 
 def conv_macs(dec, z_shape, tile: Optional[int] = None, halo: Optional[int] = None) -> int:
