@@ -397,11 +397,63 @@ inline void accumulate_table(T* t, const Layout& Y, const int32_t* keys, int64_t
 }
 
 #if defined(__AVX512BW__) && defined(__AVX512VBMI2__)
+// The nonzero counts of one table, compress-stored in st[0, n) (st has room for 32 more), into acc: counts
+// 1, 2, 3 by vector compares, 4 .. 4 + kScanBins - 1 (~90 % of the counts >= 4 in natural patches) by
+// vector compares too (adding each count to its key one by one cost ~4 us per paper patch), larger ones
+// one by one; the other cells - n cells are zero. keys[0 .. kmax] are the table's valid keys.
+inline void accumulate_list(uint16_t* st, int64_t n, int64_t cells, const int32_t* keys, int64_t kmax, int64_t mult,
+                            KeyAcc& acc) {
+  const __m512i zero = _mm512_setzero_si512();
+  _mm512_storeu_si512((void*)(st + n), zero);  // pad the list to a multiple of 32 with zeros
+  const __m512i k1 = _mm512_set1_epi16(1), k2 = _mm512_set1_epi16(2), k3 = _mm512_set1_epi16(3);
+  uint64_t c1 = 0, c2 = 0, c3 = 0;
+  int64_t nb = 0;
+  for (int64_t k = 0; k < n; k += 32) {  // in place: the compressed store never passes the read point
+    const __m512i v = _mm512_loadu_si512((const void*)(st + k));
+    c1 += __builtin_popcount((uint32_t)_mm512_cmpeq_epi16_mask(v, k1));
+    c2 += __builtin_popcount((uint32_t)_mm512_cmpeq_epi16_mask(v, k2));
+    c3 += __builtin_popcount((uint32_t)_mm512_cmpeq_epi16_mask(v, k3));
+    const __mmask32 m = _mm512_cmpgt_epu16_mask(v, k3);
+    _mm512_storeu_si512((void*)(st + nb), _mm512_maskz_compress_epi16(m, v));
+    nb += __builtin_popcount((uint32_t)m);
+  }
+  constexpr int kScanBins = 16;
+  const int bins = (int)std::max<int64_t>(0, std::min<int64_t>(kScanBins, kmax - 3));  // keys[4 .. kmax]
+  const int64_t nbp = (nb + 31) & ~(int64_t)31;
+  _mm512_storeu_si512((void*)(st + nb), zero);  // pad the list with zeros (no bin)
+  acc.reserve(nb + kScanBins + 4);
+  if (nb) {
+    int64_t cb[kScanBins] = {};
+    for (int64_t k = 0; k < nbp; k += 32) {
+      const __m512i v = _mm512_loadu_si512((const void*)(st + k));
+      for (int b = 0; b < kScanBins; ++b)  // bins past kmax stay 0 (no count exceeds kmax)
+        cb[b] += __builtin_popcount((uint32_t)_mm512_cmpeq_epi16_mask(v, _mm512_set1_epi16((short)(b + 4))));
+    }
+    // every bin, also the empty ones (n += 0; flush reads flog[0] = 0): no unpredictable branch
+    for (int b = 0; b < bins; ++b) acc.add_unchecked(keys[b + 4], mult * cb[b]);
+    const __m512i top = _mm512_set1_epi16((short)(4 + kScanBins));
+    int64_t nr = 0;
+    for (int64_t k = 0; k < nbp; k += 32) {  // in place, as above
+      const __m512i v = _mm512_loadu_si512((const void*)(st + k));
+      const __mmask32 m = _mm512_cmpge_epu16_mask(v, top);
+      _mm512_storeu_si512((void*)(st + nr), _mm512_maskz_compress_epi16(m, v));
+      nr += __builtin_popcount((uint32_t)m);
+    }
+    for (int64_t k = 0; k < nr; ++k) acc.add_unchecked(keys[st[k]], mult);
+  }
+  acc.add_unchecked(keys[0], mult * (cells - n));
+  acc.add_unchecked(keys[1], mult * (int64_t)c1);
+  acc.add_unchecked(keys[2], mult * (int64_t)c2);
+  acc.add_unchecked(keys[3], mult * (int64_t)c3);
+}
+#endif
+
+#if defined(__AVX512BW__) && defined(__AVX512VBMI2__)
 // The same for uint16 tables, in two steps: the nonzero counts of the table are compress-stored into
-// H.big (a natural patch has ~150 of 4096 per table) while the table is zeroed; then that short list is
-// counted: values 1, 2, 3 by vector compares, larger ones compressed again and histogrammed.
-inline void accumulate_table_nz(uint16_t* t, const Layout& Y, const int32_t* keys, int64_t mult, KeyAcc& acc,
-                                CountHist& H) {
+// H.big (a natural patch has a few hundred of 4096 per table) while the table is zeroed; then that short
+// list goes through accumulate_list.
+inline void accumulate_table_nz(uint16_t* t, const Layout& Y, const int32_t* keys, int64_t kmax, int64_t mult,
+                                KeyAcc& acc, CountHist& H) {
   // the table as flat runs of 32 cells (aligned when t is: the paper's tables are 130 x 64 bytes), the
   // garbage column masked out by Y.vmask; the last run stops at the table's end (reads past it are
   // masked, and the caller's buffer has room for them)
@@ -427,27 +479,7 @@ inline void accumulate_table_nz(uint16_t* t, const Layout& Y, const int32_t* key
     _mm512_storeu_si512((void*)(st + n), _mm512_maskz_compress_epi16(m, v));
     n += __builtin_popcount((uint32_t)m);
   }
-  _mm512_storeu_si512((void*)(st + n), zero);  // pad the list to a multiple of 32 with zeros
-  const __m512i k1 = _mm512_set1_epi16(1), k2 = _mm512_set1_epi16(2), k3 = _mm512_set1_epi16(3);
-  uint64_t c1 = 0, c2 = 0, c3 = 0;
-  int64_t nb = 0;
-  for (int64_t k = 0; k < n; k += 32) {  // in place: the compressed store never passes the read point
-    const __m512i v = _mm512_loadu_si512((const void*)(st + k));
-    c1 += __builtin_popcount((uint32_t)_mm512_cmpeq_epi16_mask(v, k1));
-    c2 += __builtin_popcount((uint32_t)_mm512_cmpeq_epi16_mask(v, k2));
-    c3 += __builtin_popcount((uint32_t)_mm512_cmpeq_epi16_mask(v, k3));
-    const __mmask32 m = _mm512_cmpgt_epu16_mask(v, k3);
-    _mm512_storeu_si512((void*)(st + nb), _mm512_maskz_compress_epi16(m, v));
-    nb += __builtin_popcount((uint32_t)m);
-  }
-  acc.reserve(nb + 4);
-  // counts >= 4 straight into the key multiplicities: no per-table histogram, whose "first time seen"
-  // bookkeeping made every element wait for the previous one's load
-  for (int64_t k = 0; k < nb; ++k) acc.add_unchecked(keys[st[k]], mult);
-  acc.add_unchecked(keys[0], mult * ((int64_t)L * L - n));
-  acc.add_unchecked(keys[1], mult * (int64_t)c1);
-  acc.add_unchecked(keys[2], mult * (int64_t)c2);
-  acc.add_unchecked(keys[3], mult * (int64_t)c3);
+  accumulate_list(st, n, (int64_t)L * L, keys, kmax, mult, acc);
 }
 #endif
 
@@ -480,10 +512,10 @@ inline void paper_level_range(const uint8_t* pb, int& lo, int& hi) {
 }
 
 // A paper table scanned only over the square [lo, hi]^2 of the patch's level range (every other cell is
-// zero): nonzero counts compress-stored to st, then counted as accumulate_table_nz does. Only that square
+// zero): nonzero counts compress-stored to st, then accumulate_list. Only that square
 // is zeroed; the garbage column is never read, so it is never zeroed either (it may wrap: harmless).
-inline void accumulate_paper_range(uint16_t* t, int lo, int hi, const int32_t* keys, int64_t mult, KeyAcc& acc,
-                                   uint16_t* st) {
+inline void accumulate_paper_range(uint16_t* t, int lo, int hi, const int32_t* keys, int64_t kmax, int64_t mult,
+                                   KeyAcc& acc, uint16_t* st) {
   const int R = hi - lo + 1;
   const __mmask32 m1 = R >= 32 ? (__mmask32)0xFFFFFFFFu : (__mmask32)((1u << R) - 1);
   const __mmask32 m2 = R > 32 ? (__mmask32)(R == 64 ? 0xFFFFFFFFu : ((1u << (R - 32)) - 1)) : 0;
@@ -511,48 +543,7 @@ inline void accumulate_paper_range(uint16_t* t, int lo, int hi, const int32_t* k
       n += __builtin_popcount((uint32_t)mv);
     }
   }
-  _mm512_storeu_si512((void*)(st + n), zero);  // pad the list to a multiple of 32 with zeros
-  const __m512i k1 = _mm512_set1_epi16(1), k2 = _mm512_set1_epi16(2), k3 = _mm512_set1_epi16(3);
-  uint64_t c1 = 0, c2 = 0, c3 = 0;
-  int64_t nb = 0;
-  for (int64_t k = 0; k < n; k += 32) {
-    const __m512i v = _mm512_loadu_si512((const void*)(st + k));
-    c1 += __builtin_popcount((uint32_t)_mm512_cmpeq_epi16_mask(v, k1));
-    c2 += __builtin_popcount((uint32_t)_mm512_cmpeq_epi16_mask(v, k2));
-    c3 += __builtin_popcount((uint32_t)_mm512_cmpeq_epi16_mask(v, k3));
-    const __mmask32 m = _mm512_cmpgt_epu16_mask(v, k3);
-    _mm512_storeu_si512((void*)(st + nb), _mm512_maskz_compress_epi16(m, v));
-    nb += __builtin_popcount((uint32_t)m);
-  }
-  // counts 4 .. 4 + kScanBins - 1 (~90 % of the counts >= 4 in natural patches) by vector compares over
-  // the short list: adding each count to its key one by one cost ~4 us per patch; the rest one by one
-  constexpr int kScanBins = 16;
-  const int64_t nbp = (nb + 31) & ~(int64_t)31;
-  _mm512_storeu_si512((void*)(st + nb), zero);  // pad the list with zeros (no bin)
-  acc.reserve(nb + kScanBins + 4);
-  if (nb) {
-    int64_t cb[kScanBins] = {};
-    for (int64_t k = 0; k < nbp; k += 32) {
-      const __m512i v = _mm512_loadu_si512((const void*)(st + k));
-      for (int b = 0; b < kScanBins; ++b)
-        cb[b] += __builtin_popcount((uint32_t)_mm512_cmpeq_epi16_mask(v, _mm512_set1_epi16((short)(b + 4))));
-    }
-    // every bin, also the empty ones (n += 0; flush reads flog[0] = 0): no unpredictable branch
-    for (int b = 0; b < kScanBins; ++b) acc.add_unchecked(keys[b + 4], mult * cb[b]);
-    const __m512i top = _mm512_set1_epi16(4 + kScanBins);
-    int64_t nr = 0;
-    for (int64_t k = 0; k < nbp; k += 32) {  // in place, as above
-      const __m512i v = _mm512_loadu_si512((const void*)(st + k));
-      const __mmask32 m = _mm512_cmpge_epu16_mask(v, top);
-      _mm512_storeu_si512((void*)(st + nr), _mm512_maskz_compress_epi16(m, v));
-      nr += __builtin_popcount((uint32_t)m);
-    }
-    for (int64_t k = 0; k < nr; ++k) acc.add_unchecked(keys[st[k]], mult);
-  }
-  acc.add_unchecked(keys[0], mult * ((int64_t)64 * 64 - n));
-  acc.add_unchecked(keys[1], mult * (int64_t)c1);
-  acc.add_unchecked(keys[2], mult * (int64_t)c2);
-  acc.add_unchecked(keys[3], mult * (int64_t)c3);
+  accumulate_list(st, n, (int64_t)64 * 64, keys, kmax, mult, acc);
 }
 #endif
 
@@ -666,8 +657,8 @@ inline double patch_entropy(const uint8_t* pb, const Layout& Y, bool paper, cons
       uint16_t* t = (uint16_t*)tab;
       auto scan = [&](int u0, int u1) {
         for (int u = u0; u < u1; ++u)
-          accumulate_paper_range(t + (u - u0) * Y.TS, lo, hi, keytab + Y.src[u] * keystride, mult[Y.src[u]], acc,
-                                 H.big.data());
+          accumulate_paper_range(t + (u - u0) * Y.TS, lo, hi, keytab + Y.src[u] * keystride, keystride - 1,
+                                 mult[Y.src[u]], acc, H.big.data());
       };
       if (hi - lo == 63) {  // all 64 levels in range (noise-like, dense tables): 3 passes of <= 5
         count_paper_range<0, 5>(pb, t);  // offsets, <= 42 KB of tables (a 48 KB L1): 13% faster on
@@ -692,7 +683,7 @@ inline double patch_entropy(const uint8_t* pb, const Layout& Y, bool paper, cons
     const int s = Y.src[u];
 #if defined(__AVX512BW__) && defined(__AVX512VBMI2__)
     if constexpr (sizeof(T) == 2) {
-      accumulate_table_nz((uint16_t*)tab + u * Y.TS, Y, keytab + s * keystride, mult[s], acc, H);
+      accumulate_table_nz((uint16_t*)tab + u * Y.TS, Y, keytab + s * keystride, keystride - 1, mult[s], acc, H);
       continue;
     }
 #endif
