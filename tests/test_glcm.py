@@ -253,6 +253,21 @@ def test_score_level_count_and_range_cases(use_path, path, seed):
     np.testing.assert_allclose(out.cpu().numpy(), ref, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("path", FULL_PATHS)
+@pytest.mark.parametrize("patch", [2, 3, 5, 6])
+def test_score_tiny_patches(use_path, path, patch, seed):
+    """Patches so small that pair counts stop below the C++ scan's vector bins (counts 4..19): the key
+    table is narrower than the bins and must not be read past its end. <= 1e-12 from skimage."""
+    dev = use_path(path)
+    rng = np.random.default_rng(seed)
+    size = 4 * patch
+    img = rng.integers(0, 256, (size, size)).astype(np.uint8)
+    img[:patch, :patch] = 7                                     # a constant patch: every count maximal
+    kw = dict(patch=patch, levels=8, distances=(1, 2), angles=G.PAPER_ANGLES)
+    out = G.glcm_score(torch.from_numpy(img).to(dev), size=size, reduction="none", **kw)
+    np.testing.assert_allclose(out.cpu().numpy(), _ref_scores(img, size, **kw), rtol=0, atol=1e-12)
+
+
 def _no_merge_entropy(patch_q: np.ndarray) -> float:
     """Entropy if equal fractions of different slices were NOT merged (a wrong variant)."""
     g = graycomatrix(patch_q, [1, 2, 3, 4], list(G.PAPER_ANGLES), levels=64)
