@@ -268,6 +268,24 @@ def test_score_tiny_patches(use_path, path, patch, seed):
     np.testing.assert_allclose(out.cpu().numpy(), _ref_scores(img, size, **kw), rtol=0, atol=1e-12)
 
 
+def test_cpp_buffers_kept_between_calls(use_path, seed):
+    """The C++ kernel keeps its per-thread tables between calls: calls with different configurations in
+    a row (paper, other offsets with the same table layout, other levels, paper again) each equal the
+    torch path, i.e. no call sees what an earlier one left in the tables."""
+    rng = np.random.default_rng(seed)
+    img = torch.from_numpy(np.stack([_mixed(rng, 2), rng.integers(0, 256, (128, 128)).astype(np.uint8)]))
+    configs = [dict(), dict(distances=(1, 2, 3, 4), angles=(0.0, 0.2, 1.3, 2.9)), dict(levels=32),
+               dict(patch=32), dict(), dict(distances=(1,), angles=(0.0,), levels=16)]
+    got = []
+    use_path("cpp")
+    for kw in configs:
+        got.append(G.glcm_score(img, size=128, reduction="none", **kw))
+    use_path("torch")
+    for kw, a in zip(configs, got):
+        b = G.glcm_score(img, size=128, reduction="none", **kw).cpu()
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0, atol=1e-12, err_msg=str(kw))
+
+
 def _no_merge_entropy(patch_q: np.ndarray) -> float:
     """Entropy if equal fractions of different slices were NOT merged (a wrong variant)."""
     g = graycomatrix(patch_q, [1, 2, 3, 4], list(G.PAPER_ANGLES), levels=64)
