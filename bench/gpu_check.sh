@@ -43,9 +43,10 @@ fi
 
 # 2. VAE decodes take seconds each: one table of time, peak memory and PSNR against the untiled decode
 #    (Flux untiled, exact tiled, 8192^2, diffusers tiled, then SC-VAE F16) instead of the repeated-timing
-#    runner; D4K_GPU_VAE_ARGS adds e.g. "--tiles 171,256" (a tile sweep) or "--only REGEX". The 8192^2
-#    decode alone took 62 s on an H200 (2026-11-27); the Flux 4096^2 untiled and exact tiled times are
-#    medians of 3 warm runs (~25 s more); the rows print as they finish
+#    runner; D4K_GPU_VAE_ARGS adds e.g. "--tiles 171,256" (a tile sweep), "--no-8k" or "--only REGEX". The
+#    8192^2 decode alone took 62-75 s cold, 31 s warm on an H200 (2026-11-27; ~26 s of it the whole-latent
+#    mid-block); the Flux 4096^2 untiled and exact tiled times are medians of 3 warm runs (~25 s more); the
+#    rows print as they finish
 bench_rc=0
 timeout "$(left ${D4K_GPU_VAE_LIMIT:-140})" python3 -m d4k_kernels.benchmarks.vae --device cuda ${D4K_GPU_VAE_ARGS:-} > "$OUT/vae_memory.log" 2>&1 \
   || { echo "vae memory table stopped (rc $?), see vae_memory.log"; bench_rc=1; }
@@ -66,7 +67,11 @@ fi
 if [[ "${D4K_GPU_PINNED:-0}" == 1 ]]; then
   timeout "$(left 60)" python3 bench/gpu_pinned.py > "$OUT/pinned.log" 2>&1 || echo "pinned stopped (rc $?)"
 fi
-# 6. launch-configuration sweeps (GPU time of variants), when asked for
+# 6. `d4k eval` under torchrun on the GPU (nccl), its scores checked against the CPU path, when asked for
+if [[ "${D4K_GPU_EVAL:-0}" == 1 ]]; then
+  timeout "$(left 60)" bash bench/gpu_nccl_eval.sh "$OUT/eval" > "$OUT/eval_nccl.txt" 2>&1 || echo "nccl eval stopped (rc $?)"
+fi
+# 7. launch-configuration sweeps (GPU time of variants), when asked for
 if [[ "${D4K_GPU_SWEEP:-0}" == 1 ]]; then
   timeout "$(left 90)" python3 bench/gpu_sweep.py ${D4K_GPU_SWEEP_ARGS:-} > "$OUT/sweep.log" 2>&1 || echo "sweep stopped (rc $?)"
 fi
@@ -76,6 +81,7 @@ echo
 echo "=== d4k gpu_check: $(sed -n 2p "$OUT/device.txt"), $(( $(date +%s) - T0 )) s ==="
 echo "CUDA tests: $(grep -E '[0-9]+ (passed|failed)' "$OUT/tests_cuda.log" | tail -n 1) (rc $tests_rc)"
 grep -E 'FAILED|ERROR' "$OUT/tests_cuda.log" | grep -v '^E ' | sed 's/^\[gw[0-9]*\] \[ *[0-9]*%\] //' | sort -u | cut -c1-150 | head -n 12
+if compgen -G "$OUT/bench_*.json" >/dev/null; then
 python3 -c "import sys; from d4k_kernels.benchmarks import summary_from_json as s; s(sys.argv[1:])" "$OUT"/bench_*.json
 # d4k variants that the summary's one d4k column leaves out (e.g. wavelet_loss_and_grad beside autograd)
 python3 - "$OUT"/bench_*.json <<'PY'
@@ -89,8 +95,10 @@ for p in sys.argv[1:]:
         if r["impl"].startswith("d4k ") and "triton" not in r["impl"]:
             print(f"  {r['group'][:43]:<44}{r['impl'][:24]:<25}{r['ms']:>9.4f} ms  graph {r.get('graph_ms', float('nan')):.4f} ms")
 PY
+fi
 [[ -f "$OUT/sweep.log" ]] && grep -v -i warn "$OUT/sweep.log"
 [[ -f "$OUT/pinned.log" ]] && cat "$OUT/pinned.log"
+[[ -f "$OUT/eval_nccl.txt" ]] && cat "$OUT/eval_nccl.txt"
 [[ -f "$OUT/profile_wlf.log" ]] && grep -E "^(empty|torch.add|\()" "$OUT/profile_wlf.log"
 grep -v Warning "$OUT/vae_memory.log" 2>/dev/null | tail -n 12
 } 2>&1 | tee "$FINAL/summary.txt"
