@@ -449,29 +449,51 @@ class _Parked:
         self.kind, self.t, self.nbytes, self.dev, self.event = kind, t, nbytes, None, None
 
 
+class _ParkLedger:
+    """Where a parked tensor goes, and the byte counts: it stays on the device while the parked device
+    bytes fit ``device_bytes`` (None: unbounded), else it goes to host memory. The decoder's
+    :class:`_Store` and the planner's :func:`simulate_parking` both place state through it."""
+
+    def __init__(self, device_bytes: Optional[int]):
+        self.limit = device_bytes
+        self.on_device = self.on_host = 0
+        self.offloaded = 0  # bytes moved to the host
+        self.peak_parked = 0  # the most bytes parked at once (device + host)
+        self.peak_host = 0  # the most of them in host memory at once
+
+    def park(self, nb: int) -> bool:
+        """Account nb parked bytes; True when they go to host memory."""
+        self.peak_parked = max(self.peak_parked, self.on_device + self.on_host + nb)
+        if self.limit is None or self.on_device + nb <= self.limit:
+            self.on_device += nb
+            return False
+        self.on_host += nb
+        self.offloaded += nb
+        self.peak_host = max(self.peak_host, self.on_host)
+        return True
+
+    def release(self, nb: int, on_host: bool) -> None:
+        if on_host:
+            self.on_host -= nb
+        else:
+            self.on_device -= nb
+
+
 class _Store:
     """Keeps parked tensors on the device while they fit ``device_bytes``, else in (pinned) host
-    memory. On CUDA the copies run on a side stream: a tile's state goes to the host while the next
-    tile computes, and the next tile's state comes back (:meth:`prefetch`) while this one computes."""
+    memory (:class:`_ParkLedger` decides). On CUDA the copies run on a side stream: a tile's state goes
+    to the host while the next tile computes, and the next tile's state comes back (:meth:`prefetch`)
+    while this one computes."""
 
     def __init__(self, device: torch.device, device_bytes: Optional[int]):
         self.device = device
-        self.limit = device_bytes
-        self.on_device = 0
-        self.offloaded = 0  # bytes moved to the host (statistics)
-        self.on_host = 0
-        self.peak_parked = 0  # the most bytes parked at once (device + host)
-        self.peak_host = 0
+        self.ledger = _ParkLedger(device_bytes)
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
     def park(self, t: torch.Tensor) -> _Parked:
         nb = t.numel() * t.element_size()
-        self.peak_parked = max(self.peak_parked, self.on_device + self.on_host + nb)
-        if self.limit is None or self.on_device + nb <= self.limit:
-            self.on_device += nb
+        if not self.ledger.park(nb):
             return _Parked("dev", t, nb)
-        self.on_host += nb
-        self.peak_host = max(self.peak_host, self.on_host)
         host = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=self.stream is not None)
         if self.stream is not None:
             self.stream.wait_stream(torch.cuda.current_stream(self.device))
@@ -480,7 +502,6 @@ class _Store:
             t.record_stream(self.stream)  # t's memory is not reused before the copy is done
         else:
             host.copy_(t)
-        self.offloaded += nb
         return _Parked("host", host, nb)
 
     def prefetch(self, h: _Parked) -> None:
@@ -494,10 +515,9 @@ class _Store:
             h.event = self.stream.record_event()
 
     def unpark(self, h: _Parked) -> torch.Tensor:
+        self.ledger.release(h.nbytes, h.kind == "host")
         if h.kind == "dev":
-            self.on_device -= h.nbytes
             return h.t
-        self.on_host -= h.nbytes
         self.prefetch(h)
         t = h.dev
         if self.stream is not None:
@@ -579,32 +599,17 @@ def simulate_parking(dec, z_shape, tiles: Sequence[Tuple[int, int, int, int]], h
                      device_bytes: Optional[int]) -> Tuple[int, int, int]:
     """(peak parked, peak in host memory, bytes moved to the host) of a decode, exactly as the driver
     and ``_Store`` do it: at each GroupNorm the tiles resume in order (a tile takes its state back,
-    runs, parks its new state tensor by tensor); a tensor stays on the device while the parked
-    device bytes fit ``device_bytes`` (None: unbounded), else it goes to host memory."""
+    runs, parks its new state tensor by tensor), each tensor placed by the same :class:`_ParkLedger`."""
     sizes = _state_sizes(dec, z_shape, tiles, halo)
-    held: List[List[Tuple[bool, int]]] = [[] for _ in sizes]  # per tile: (on host, bytes) of its parked tensors
-    on_dev = on_host = peak = peak_host = moved = 0
+    ledger = _ParkLedger(device_bytes)
+    held: List[List[Tuple[int, bool]]] = [[] for _ in sizes]  # per tile: (bytes, on host) of its parked tensors
     steps = len(sizes[0]) if sizes else 0
     for k in range(steps):
         for i, tile_steps in enumerate(sizes):
-            for host, nb in held[i]:
-                if host:
-                    on_host -= nb
-                else:
-                    on_dev -= nb
-            held[i] = []
-            for el in tile_steps[k]:
-                nb = el * itemsize
-                peak = max(peak, on_dev + on_host + nb)
-                if device_bytes is None or on_dev + nb <= device_bytes:
-                    on_dev += nb
-                    held[i].append((False, nb))
-                else:
-                    on_host += nb
-                    moved += nb
-                    peak_host = max(peak_host, on_host)
-                    held[i].append((True, nb))
-    return peak, peak_host, moved
+            for nb, host in held[i]:
+                ledger.release(nb, host)
+            held[i] = [(el * itemsize, ledger.park(el * itemsize)) for el in tile_steps[k]]
+    return ledger.peak_parked, ledger.peak_host, ledger.offloaded
 
 
 def _host_available() -> Optional[int]:
@@ -907,8 +912,9 @@ class ExactTiledDecoder:
                 bar.close()
         if measure:
             self.last_step_peak_bytes = step_peak
-        self.last_offloaded_bytes = store.offloaded
-        self.last_peak_parked_bytes, self.last_peak_host_bytes = store.peak_parked, store.peak_host
+        led = store.ledger
+        self.last_offloaded_bytes, self.last_peak_parked_bytes, self.last_peak_host_bytes = (
+            led.offloaded, led.peak_parked, led.peak_host)
         if out is None:  # pragma: no cover
             raise AssertionError("tiled decode produced no output")
         return out
