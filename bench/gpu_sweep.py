@@ -8,11 +8,9 @@ import time
 
 import torch
 
-from d4k_kernels import dwt2, idwt2, wavelet_loss
+from d4k_kernels import dwt2, idwt2, settings, wavelet_loss
 from d4k_kernels.benchmarks import time_graph
 from d4k_kernels.benchmarks.wavelet_loss import wlf_inputs
-from d4k_kernels.ops import haar as H
-from d4k_kernels.ops import wavelet_loss as WL
 
 
 def _t(fn):
@@ -24,20 +22,17 @@ def _t(fn):
         return float("nan")
 
 
-def _sweep(title: str, tiles, apply, cases, width: int, budget_s: float, restore):
+def _sweep(title: str, tiles, family: str, cases, width: int, budget_s: float):
     """Time every case for each (tile, warps) variant until budget_s is spent; one printed row each.
-    apply(tile, warps) sets the variant; restore() puts the module's defaults back."""
+    The variant is set through settings.override(<family>_tile=..., <family>_warps=...)."""
     t0 = time.time()
     print(title)
-    try:
-        for tile, warps in itertools.product(tiles, [4, 8]):
-            if time.time() - t0 > budget_s:
-                break
-            apply(tile, warps)
+    for tile, warps in itertools.product(tiles, [4, 8]):
+        if time.time() - t0 > budget_s:
+            break
+        with settings.override(**{f"{family}_tile": tile, f"{family}_warps": warps}):
             r = [_t(c) for c in cases]
-            print(f"  {tile[0]:>3}x{tile[1]:<4} {warps:>3}  " + "  ".join(f"{v:{width}.1f}" for v in r), flush=True)
-    finally:
-        restore()
+        print(f"  {tile[0]:>3}x{tile[1]:<4} {warps:>3}  " + "  ".join(f"{v:{width}.1f}" for v in r), flush=True)
 
 
 def haar(budget_s: float):
@@ -46,15 +41,9 @@ def haar(budget_s: float):
     yl, yh = dwt2(x, 1)
     x1 = torch.randn(1, 16, 512, 512, device=dev).to(torch.bfloat16)
 
-    def apply(tile, warps):
-        H._TILE, H._NUM_WARPS = tile, warps
-
-    def restore():
-        H._TILE, H._NUM_WARPS = H._env_tile()
-
     _sweep("haar tile  warps   dwt J=1 (8,16,512^2)  dwt J=3  idwt J=1  dwt J=1 (1,16,512^2)   [us, graph replay]",
-           [(32, 128), (16, 256), (64, 128), (32, 256), (64, 64)], apply,
-           [lambda: dwt2(x, 1), lambda: dwt2(x, 3), lambda: idwt2((yl, yh)), lambda: dwt2(x1, 1)], 9, budget_s, restore)
+           [(32, 128), (16, 256), (64, 128), (32, 256), (64, 64)], "haar",
+           [lambda: dwt2(x, 1), lambda: dwt2(x, 3), lambda: idwt2((yl, yh)), lambda: dwt2(x1, 1)], 9, budget_s)
 
 
 def wlf(budget_s: float):
@@ -64,14 +53,8 @@ def wlf(budget_s: float):
         pred, xt, x0, sig, w = wlf_inputs(shape, torch.bfloat16, dev)
         cases.append(lambda p=pred, a=xt, b=x0, s=sig, ww=w: torch.autograd.grad(wavelet_loss(p, a, b, s, ww), p)[0])
 
-    def apply(tile, warps):
-        WL._GPU_TILE, WL._WARPS = tile, warps
-
-    def restore():
-        WL._GPU_TILE, WL._WARPS = WL._env_gpu_tile()
-
     _sweep("wlf BHxBW warps   fwd+bwd (4,16,512^2)  (1,16,512^2)  (4,16,256^2)   [us, graph replay]",
-           [(8, 64), (4, 64), (8, 32), (16, 64), (4, 128)], apply, cases, 12, budget_s, restore)
+           [(8, 64), (4, 64), (8, 32), (16, 64), (4, 128)], "wlf", cases, 12, budget_s)
 
 
 if __name__ == "__main__":

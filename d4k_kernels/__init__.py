@@ -8,7 +8,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from . import backend  # noqa: F401  (sets TRITON_INTERPRET from D4K_TRITON_INTERPRET early)
+from . import settings  # noqa: F401  (reads the D4K_* variables; sets TRITON_INTERPRET early)
+from . import backend  # noqa: F401
 
 __version__ = "0.1.0"
 
@@ -44,7 +45,7 @@ _EXPORTS = {
     "load_vae": "d4k_kernels.integrations.diffusers",
 }
 
-__all__ = sorted(_EXPORTS) + ["backend", "__version__"]
+__all__ = sorted(_EXPORTS) + ["backend", "settings", "__version__"]
 
 
 def __getattr__(name: str) -> Any:

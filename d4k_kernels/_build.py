@@ -5,11 +5,13 @@
 ``d4k_kernels._csrc`` / ``d4k_kernels._bindings``, see setup.py), builds them once per source
 version / torch / Python / CPU into a cache directory and imports the module.
 
+:data:`EXTENSIONS` names the library's own extensions (sources, namespace, what falls back), and
+``extension(name)`` loads one of them; :func:`d4k_kernels.backend.choose` is its caller.
+
 Cache directory (first that is set):
     $D4K_EXT_DIR, $TORCH_EXTENSIONS_DIR/d4k_kernels, ~/.cache/d4k_kernels/ext  (+ a per-ABI tag)
-Environment:
-    D4K_NO_EXT=1        never build or load compiled extensions (the torch fallbacks run)
-    D4K_EXT_VERBOSE=1   show the compiler output
+Settings (d4k_kernels.settings): D4K_NO_EXT=1 never builds or loads compiled extensions (the torch
+paths run); D4K_EXT_VERBOSE=1 shows the compiler output.
 
 A failure (no compiler, no ninja, a compile error) returns ``None`` with one warning per
 extension, unless ``required=True`` (then :class:`ExtensionError` is raised with the reason).
@@ -25,13 +27,16 @@ import sys
 import threading
 import warnings
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["ExtensionError", "TorchLibrary", "load_extension", "find_source", "cache_dir", "ext_disabled", "failure"]
+from . import settings
 
-_TRUE = ("1", "true", "yes", "on")
+__all__ = ["ExtensionError", "TorchLibrary", "Extension", "EXTENSIONS", "extension", "load_extension",
+           "find_source", "cache_dir", "ext_disabled", "failure"]
+
 _PKG_FOR_DIR = {"csrc": "d4k_kernels._csrc", "bindings": "d4k_kernels._bindings"}
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,7 +50,7 @@ class ExtensionError(RuntimeError):
 
 
 def ext_disabled() -> bool:
-    return os.environ.get("D4K_NO_EXT", "0").strip().lower() in _TRUE
+    return settings.current().no_ext
 
 
 def find_source(rel: str) -> Path:
@@ -81,7 +86,7 @@ def _cpu_tag() -> str:
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("D4K_EXT_DIR")
+    base = settings.current().ext_dir
     if base:
         root = Path(base)
     elif os.environ.get("TORCH_EXTENSIONS_DIR"):
@@ -197,7 +202,7 @@ def _build(name, sources, cflags, cuda_cflags, ldflags, ops_namespace=None):
     modname = f"d4k_{name}_{h.hexdigest()[:10]}"
     bdir = cache_dir() / modname
     bdir.mkdir(parents=True, exist_ok=True)
-    verbose = os.environ.get("D4K_EXT_VERBOSE", "0").lower() in _TRUE
+    verbose = settings.current().ext_verbose
     # ninja names objects after the source's base name: copy the sources under unique names
     # (csrc/glcm.cpp and bindings/glcm.cpp would both make glcm.o); headers stay where they are.
     sdir = bdir / "src"
@@ -227,6 +232,55 @@ def _build(name, sources, cflags, cuda_cflags, ldflags, ops_namespace=None):
         return res
     so = res if isinstance(res, str) else str(bdir / f"{modname}.so")
     return TorchLibrary(ops_namespace, so)
+
+
+def cuda_arch_flags(device: Optional[torch.device] = None) -> List[str]:
+    """nvcc flags for the GPU at hand (torch adds none of its own when one names an arch)."""
+    major, minor = torch.cuda.get_device_capability(device)
+    cc = f"{major}{minor}"
+    if (major, minor) == (9, 0):
+        cc = "90a"
+    return [f"-gencode=arch=compute_{cc},code=sm_{cc}"]
+
+
+@dataclass(frozen=True)
+class Extension:
+    """One of the library's compiled extensions."""
+
+    sources: Tuple[str, ...]
+    ops_namespace: str
+    what: str                                   # for the warning when it cannot be built
+    fallback: str                               # what runs instead
+    openmp: bool = False
+    cuda: bool = False                          # needs a GPU; built for its compute capability
+    silence: str = "Set D4K_NO_EXT=1 to silence this."
+
+
+EXTENSIONS: Dict[str, Extension] = {
+    "haar": Extension(("csrc/haar.cpp", "bindings/haar.cpp"), "d4k_haar", "the compiled Haar CPU levels",
+                      "the vectorised torch path", openmp=True),
+    "glcm": Extension(("csrc/glcm.cpp", "bindings/glcm.cpp"), "d4k_glcm", "the compiled GLCM CPU kernel",
+                      "the vectorised torch fallback (slower)", openmp=True),
+    "glcm_cuda": Extension(("bindings/glcm_cuda.cpp", "csrc/glcm_cuda.cu"), "d4k_glcm_cuda",
+                           "the GLCM CUDA score kernel", "the Triton kernel", cuda=True,
+                           silence="Set D4K_GLCM_CUDA=0 to silence this."),
+}
+
+
+def extension(name: str, device: Optional[torch.device] = None):
+    """Extension ``name`` of :data:`EXTENSIONS`, built at first use and cached; None where it cannot be
+    built (one warning). A CUDA extension is built once per process, for the compute capability of
+    the first GPU it is used on (``device``)."""
+    spec = EXTENSIONS[name]
+    loaded = _loaded.get(name)
+    if loaded is not None:
+        return loaded
+    if spec.cuda and not torch.cuda.is_available():
+        return None
+    flags = cuda_arch_flags(device) if spec.cuda else []
+    return load_extension(name, spec.sources, ops_namespace=spec.ops_namespace, openmp=spec.openmp,
+                          extra_cuda_cflags=flags, what=spec.what, fallback=spec.fallback, silence=spec.silence,
+                          stacklevel=6)
 
 
 def _reset_for_tests() -> None:

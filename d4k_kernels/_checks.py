@@ -56,21 +56,3 @@ def check_choice(v, name: str, choices: Sequence[str]) -> str:
     if v not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {v!r}")
     return v
-
-
-def env_tile(tile_var: str, tile_default: str, warps_var: str, warps_default: int):
-    """((rows, cols), warps) from environment variables like D4K_HAAR_TILE=32x128 / D4K_HAAR_WARPS=4
-    (launch settings for tuning on a GPU); every value must be a power of two."""
-    import os
-
-    spec = os.environ.get(tile_var, tile_default).lower()
-    try:
-        rows, cols = (int(v) for v in spec.split("x"))
-        warps = int(os.environ.get(warps_var, str(warps_default)))
-    except ValueError:
-        raise ValueError(f"{tile_var} must look like 32x128 and {warps_var} be an integer, got "
-                         f"{spec!r} / {os.environ.get(warps_var)!r}") from None
-    for v, what in ((rows, f"{tile_var} rows"), (cols, f"{tile_var} cols"), (warps, warps_var)):
-        if v < 1 or v & (v - 1):
-            raise ValueError(f"{what} must be a power of two, got {v}")
-    return (rows, cols), warps

@@ -1,55 +1,52 @@
-"""Which implementation runs for a tensor.
+"""Which implementation of an op runs for a tensor: the one place that decides.
 
-Rules (DESIGN.md "Dispatch on the device of the input"):
+Every registered op (``torch.ops.d4k.*``) has up to four implementations:
 
-* CUDA tensor            -> ``"triton"`` (the Triton kernels), unless a CPU-style path is forced.
-* CPU tensor             -> ``"cpu"`` (the op's compiled C++ kernel or vectorised torch code),
-  unless the Triton interpreter is on *and* Triton is preferred, in which case the Triton kernels
-  run on the CPU tensor under the interpreter (that is how the test suite checks every kernel
-  without a GPU).
+* ``"triton"``: the Triton kernels (CUDA tensors; CPU tensors under the Triton interpreter);
+* ``"cuda"``: a compiled CUDA kernel (the GLCM Score), built with nvcc at first use;
+* ``"cpp"``: a compiled C++ CPU kernel (Haar levels, GLCM counting), built with ninja at first use;
+* ``"torch"``: vectorised torch code, which runs on any device (the fallback of the others).
 
-The Triton interpreter is on when ``TRITON_INTERPRET=1`` (or ``D4K_TRITON_INTERPRET=1``, which
-d4k_kernels turns into ``TRITON_INTERPRET=1`` before Triton is imported). With the interpreter on,
-CPU tensors go to the Triton kernels by default; ``prefer("cpu")`` / ``prefer("triton")`` (a
-context manager) or ``D4K_BACKEND=cpu|triton`` overrides the choice, so a test can run both paths
-in one process.
+:data:`OPS` lists, per op, the implementations in order of preference for CUDA and for CPU tensors;
+:func:`choose` walks that list and takes the first that can run (its extension builds and loads,
+its dtype is supported, the op's own ``fits`` check passes). The rules:
+
+* CUDA tensor -> the op's CUDA list (``"cuda"`` then ``"triton"`` for the GLCM Score, else ``"triton"``).
+* CPU tensor -> the op's CPU list (``"cpp"`` where the op has a C++ kernel, then ``"torch"``), unless the
+  Triton interpreter is on (``TRITON_INTERPRET=1`` or ``D4K_TRITON_INTERPRET=1`` before import): then
+  the Triton kernels run on the CPU tensor, which is how the test suite checks every kernel.
+* ``with prefer("cpu"):`` (or ``D4K_BACKEND=cpu``) takes the CPU list on any device (``"cpp"`` only for
+  CPU tensors); ``prefer("triton")`` (``D4K_BACKEND=triton``) the Triton kernels, and raises where they
+  cannot run. Float64 inputs take ``"torch"`` for ops whose kernels have no float64 path.
+
+docs/architecture.md shows where this sits in a call from a diffusers pipeline down to a kernel.
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
 import functools
-import os
-from typing import Iterator, Optional
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import torch
 
+from . import settings
+
 __all__ = [
-    "HAS_TRITON",
-    "BACKENDS",
-    "interpreter_enabled",
-    "select",
-    "use_triton",
-    "prefer",
-    "triton_available_for",
+    "HAS_TRITON", "BACKENDS", "IMPLS", "OPS", "OpBackends",
+    "interpreter_enabled", "select", "choose", "use_triton", "prefer", "triton_available_for",
 ]
 
-BACKENDS = ("triton", "cpu")
+BACKENDS = ("triton", "cpu")            # what prefer() / D4K_BACKEND take
+IMPLS = ("triton", "cuda", "cpp", "torch")  # what choose() returns
 
-_TRUE = ("1", "true", "yes", "on")
+settings.current()  # reads the environment (and sets TRITON_INTERPRET) before triton is imported
 
 
 def interpreter_enabled() -> bool:
     """True when Triton kernels are run by the Triton interpreter (on the CPU)."""
-    return (
-        os.environ.get("TRITON_INTERPRET", "0").lower() in _TRUE
-        or os.environ.get("D4K_TRITON_INTERPRET", "0").lower() in _TRUE
-    )
-
-
-if os.environ.get("D4K_TRITON_INTERPRET", "0").lower() in _TRUE:
-    # Must happen before triton is imported: @triton.jit reads it when a kernel is defined.
-    os.environ["TRITON_INTERPRET"] = "1"
+    return settings.current().interpreter
 
 
 @functools.lru_cache(maxsize=None)
@@ -63,6 +60,36 @@ def _has_triton() -> bool:
 
 
 HAS_TRITON: bool = _has_triton()
+
+
+@dataclass(frozen=True)
+class OpBackends:
+    """The implementations of one op, in order of preference per device type."""
+
+    cuda: Tuple[str, ...]
+    cpu: Tuple[str, ...]
+    ext: Optional[str] = None            # the C++ extension behind "cpp" (a name in _build.EXTENSIONS)
+    cuda_ext: Optional[str] = None       # the CUDA extension behind "cuda"
+    cuda_setting: Optional[str] = None   # a bool field of settings.Settings that turns "cuda" off
+    triton_float64: bool = True          # the Triton kernels take float64 inputs
+
+
+_HAAR = OpBackends(cuda=("triton",), cpu=("cpp", "torch"), ext="haar")
+_WLF = OpBackends(cuda=("triton",), cpu=("torch",))
+_VAE = OpBackends(cuda=("triton",), cpu=("torch",), triton_float64=False)
+
+OPS: Dict[str, OpBackends] = {
+    "haar_dwt2": _HAAR,
+    "haar_idwt2": _HAAR,
+    "wavelet_energy": _WLF,
+    "wavelet_energy_backward": _WLF,
+    "glcm_counts": OpBackends(cuda=("triton",), cpu=("cpp", "torch"), ext="glcm"),
+    "glcm_patch_scores": OpBackends(cuda=("cuda", "triton"), cpu=("cpp", "torch"), ext="glcm",
+                                    cuda_ext="glcm_cuda", cuda_setting="glcm_cuda"),
+    "group_norm_stats": _VAE,
+    "group_norm_apply": _VAE,
+    "upconv_tail": _VAE,
+}
 
 _preferred: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("d4k_backend", default=None)
 
@@ -89,12 +116,7 @@ def prefer(name: str) -> Iterator[None]:
 
 def _preference() -> Optional[str]:
     p = _preferred.get()
-    if p is not None:
-        return p
-    env = os.environ.get("D4K_BACKEND")
-    if env:
-        return _check_name(env.strip().lower())
-    return None
+    return p if p is not None else settings.current().backend
 
 
 def triton_available_for(device: torch.device) -> bool:
@@ -108,10 +130,11 @@ def triton_available_for(device: torch.device) -> bool:
     return False
 
 
-def select(x: torch.Tensor) -> str:
-    """The backend ("triton" or "cpu") that runs an op whose main input is ``x``."""
+def select(x) -> str:
+    """The backend family ("triton" or "cpu") for a tensor (or a device), before any op's own list:
+    the device rule of :func:`choose`."""
     pref = _preference()
-    dev = x.device
+    dev = x if isinstance(x, torch.device) else x.device
     if pref == "cpu":
         return "cpu"
     if pref == "triton":
@@ -124,12 +147,53 @@ def select(x: torch.Tensor) -> str:
             )
             raise RuntimeError(f"backend 'triton' was requested but cannot run here: {why}")
         return "triton"
-    if dev.type == "cuda" and HAS_TRITON:
-        return "triton"
-    if dev.type == "cpu" and HAS_TRITON and interpreter_enabled():
-        return "triton"
-    return "cpu"
+    return "triton" if triton_available_for(dev) else "cpu"
 
 
 def use_triton(x: torch.Tensor) -> bool:
     return select(x) == "triton"
+
+
+def choose(op: str, x, *, fits: Optional[Callable[[str, object], bool]] = None) -> str:
+    """The implementation ("triton", "cuda", "cpp" or "torch") that runs registered op ``op`` whose
+    main input is the tensor ``x`` (or a ``torch.device``: then its dtype is taken as not float64).
+    ``fits(impl, extension)``, when given, may refuse "cuda" / "cpp" for this call (e.g. tables that
+    do not fit the GPU's shared memory); the next implementation in the list runs."""
+    try:
+        spec = OPS[op]
+    except KeyError:
+        raise ValueError(f"unknown op {op!r}; known: {', '.join(sorted(OPS))}") from None
+    dev = x if isinstance(x, torch.device) else x.device
+    f64 = isinstance(x, torch.Tensor) and x.dtype == torch.float64
+    if select(dev) == "triton":
+        order = spec.cuda if dev.type == "cuda" else ("triton",)
+    else:
+        order = spec.cpu
+    for impl in order:
+        if impl == "triton":
+            if f64 and not spec.triton_float64:
+                continue
+            return impl
+        if impl == "torch":
+            return impl
+        if impl == "cpp":
+            if dev.type != "cpu" or spec.ext is None:
+                continue
+            mod = extension(spec.ext)
+        else:  # "cuda"
+            if dev.type != "cuda" or spec.cuda_ext is None:
+                continue
+            if spec.cuda_setting and not getattr(settings.current(), spec.cuda_setting):
+                continue
+            mod = extension(spec.cuda_ext, dev)
+        if mod is not None and (fits is None or fits(impl, mod)):
+            return impl
+    return "torch"
+
+
+def extension(name: str, device: Optional[torch.device] = None):
+    """The loaded compiled extension ``name`` (built at first use), or None where it cannot be built
+    (no compiler, no GPU, ``D4K_NO_EXT=1``; a failed build warns once)."""
+    from . import _build
+
+    return _build.extension(name, device)

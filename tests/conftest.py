@@ -22,6 +22,7 @@ if os.environ.get("D4K_TEST_INTERPRET", "0" if _HAS_CUDA else "1") == "1":
 import pytest  # noqa: E402
 
 from d4k_kernels import backend as _backend  # noqa: E402
+from d4k_kernels import settings as _settings  # noqa: E402
 
 _PAIRS = [("cpu", "cpu")]
 if _backend.HAS_TRITON and _backend.interpreter_enabled():
@@ -45,6 +46,32 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _settings_follow_env():
+    """The library reads D4K_* variables once (d4k_kernels.settings): a test that changes the
+    environment calls setenv() below (or settings.override); afterwards, with monkeypatch's changes
+    undone, the settings are read again."""
+    yield
+    _settings.reload()
+
+
+def setenv(monkeypatch, name, value=None):
+    """monkeypatch.setenv (value None: delenv) followed by settings.reload()."""
+    if value is None:
+        monkeypatch.delenv(name, raising=False)
+    else:
+        monkeypatch.setenv(name, value)
+    _settings.reload()
+
+
+def fake_extensions(monkeypatch, **fakes):
+    """backend.extension answers ``fakes[name]`` (a stand-in module, or None: "cannot be built") for the
+    names given, the real extensions for the others."""
+    real = _backend.extension
+    monkeypatch.setattr(_backend, "extension",
+                        lambda name, device=None: fakes[name] if name in fakes else real(name, device))
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from d4k_kernels import _build
+from conftest import setenv
 
 
 @pytest.fixture(autouse=True)
@@ -47,17 +48,17 @@ def test_find_source_wheel_layout(tmp_path, monkeypatch):
 
 
 def test_cache_dir_env(monkeypatch, tmp_path):
-    monkeypatch.setenv("D4K_EXT_DIR", str(tmp_path / "a"))
+    setenv(monkeypatch, "D4K_EXT_DIR", str(tmp_path / "a"))
     assert str(_build.cache_dir()).startswith(str(tmp_path / "a"))
-    monkeypatch.delenv("D4K_EXT_DIR")
-    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "b"))
+    setenv(monkeypatch, "D4K_EXT_DIR")
+    setenv(monkeypatch, "TORCH_EXTENSIONS_DIR", str(tmp_path / "b"))
     d = _build.cache_dir()
     assert str(d).startswith(str(tmp_path / "b" / "d4k_kernels"))
     assert torch.__version__.split("+")[0].replace(".", "") in d.name
 
 
 def test_disabled_by_env(monkeypatch):
-    monkeypatch.setenv("D4K_NO_EXT", "1")
+    setenv(monkeypatch, "D4K_NO_EXT", "1")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert _build.load_extension("glcm", ["csrc/glcm.cpp", "bindings/glcm.cpp"], warn=False) is None
@@ -69,8 +70,8 @@ def test_disabled_by_env(monkeypatch):
 
 
 def test_failed_build_warns_once_and_returns_none(monkeypatch, tmp_path):
-    monkeypatch.delenv("D4K_NO_EXT", raising=False)
-    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    setenv(monkeypatch, "D4K_NO_EXT")
+    setenv(monkeypatch, "CXX", str(tmp_path / "no-such-compiler"))
     with pytest.warns(RuntimeWarning, match="no-such-compiler"):
         assert _build.load_extension("glcm_t", ["csrc/glcm.cpp", "bindings/glcm.cpp"]) is None
     with warnings.catch_warnings():
@@ -79,8 +80,8 @@ def test_failed_build_warns_once_and_returns_none(monkeypatch, tmp_path):
 
 
 def test_compile_error_is_reported(monkeypatch, tmp_path):
-    monkeypatch.delenv("D4K_NO_EXT", raising=False)
-    monkeypatch.setenv("D4K_EXT_DIR", str(tmp_path / "cache"))
+    setenv(monkeypatch, "D4K_NO_EXT")
+    setenv(monkeypatch, "D4K_EXT_DIR", str(tmp_path / "cache"))
     bad = tmp_path / "csrc"
     bad.mkdir()
     (bad / "broken.cpp").write_text("this is not C++;\n")
@@ -90,7 +91,7 @@ def test_compile_error_is_reported(monkeypatch, tmp_path):
 
 
 def test_glcm_extension_is_built_once_and_cached(monkeypatch):
-    monkeypatch.delenv("D4K_NO_EXT", raising=False)
+    setenv(monkeypatch, "D4K_NO_EXT")
     try:
         mod = _build.load_extension("glcm", ["csrc/glcm.cpp", "bindings/glcm.cpp"], ops_namespace="d4k_glcm",
                                       openmp=True, required=True)
@@ -122,7 +123,7 @@ def test_glcm_portable_build_matches(monkeypatch, seed, variant, flags):
 
     from d4k_kernels.ops import glcm as G
 
-    monkeypatch.delenv("D4K_NO_EXT", raising=False)
+    setenv(monkeypatch, "D4K_NO_EXT")
     ns = f"d4k_glcm_{variant}"
     try:
         lib = _build.load_extension(

@@ -16,6 +16,8 @@ from skimage.measure import shannon_entropy  # noqa: E402
 
 import d4k_kernels  # noqa: E402
 from d4k_kernels import backend  # noqa: E402
+from d4k_kernels import _build  # noqa: E402
+from conftest import fake_extensions, setenv  # noqa: E402
 from d4k_kernels.ops import glcm as G  # noqa: E402
 from d4k_kernels.reference import glcm as R  # noqa: E402
 
@@ -28,14 +30,12 @@ _INTERP = backend.HAS_TRITON and backend.interpreter_enabled()
 # compiled CUDA score kernel; counts still run the Triton kernel)
 # ------------------------------------------------------------------------------------------------
 def _cpp_available():
-    return G._cpu_ext() is not None
+    return backend.extension("glcm") is not None
 
 
 def _require_cuda_kernel():
     """The CUDA extension must build on a GPU machine: a failure is reported, not skipped."""
-    if G._cuda_ext(torch.device("cuda")) is None:
-        from d4k_kernels import _build
-
+    if backend.extension("glcm_cuda", torch.device("cuda")) is None:
         pytest.fail(f"the CUDA GLCM kernel did not build/load: {_build.failure('glcm_cuda')}")
 
 
@@ -51,7 +51,7 @@ def use_path(monkeypatch):
             ctx = backend.prefer("cpu")
             dev = torch.device("cpu")
         elif name == "torch":
-            monkeypatch.setattr(G, "_cpu_ext", lambda: None)
+            fake_extensions(monkeypatch, glcm=None)
             ctx = backend.prefer("cpu")
             dev = torch.device("cuda" if _HAS_CUDA else "cpu")
         elif name == "triton":
@@ -61,12 +61,12 @@ def use_path(monkeypatch):
                 dev = torch.device("cpu")
             else:
                 pytest.skip("no Triton interpreter / GPU")
-            monkeypatch.setenv("D4K_GLCM_CUDA", "0")   # the Triton kernels, not the CUDA score kernel
+            setenv(monkeypatch, "D4K_GLCM_CUDA", "0")   # the Triton kernels, not the CUDA score kernel
             ctx = backend.prefer("triton")
         elif name == "cuda":
             if not _HAS_CUDA:
                 pytest.skip("needs a CUDA GPU")
-            monkeypatch.setenv("D4K_GLCM_CUDA", "1")
+            setenv(monkeypatch, "D4K_GLCM_CUDA", "1")
             _require_cuda_kernel()
             dev = torch.device("cuda")
             ctx = backend.prefer("triton")
@@ -511,7 +511,7 @@ def _failing_builds(monkeypatch, reason):
 
 
 def test_fallback_warns_once(monkeypatch, seed):
-    monkeypatch.delenv("D4K_NO_EXT", raising=False)
+    setenv(monkeypatch, "D4K_NO_EXT")
     _failing_builds(monkeypatch, "no compiler here")
     img = torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (64, 64)).astype(np.uint8))
     with backend.prefer("cpu"):
@@ -527,6 +527,7 @@ _COMPILE_SCRIPT = r"""
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+from d4k_kernels import settings
 from d4k_kernels.ops import _glcm_triton as GT
 ptr = {"g_ptr": "*u8", "off_ptr": "*i32", "out_ptr": "*i32", "key_ptr": "*i32", "mult_ptr": "*i32",
        "nacc_ptr": "*i32", "flog_ptr": "*fp64"}
@@ -536,7 +537,7 @@ def comp(kern, const, over=None):
     sig.update(over or {})
     consts = {(names.index(n),): v for n, v in const.items()}
     k = triton.compile(ASTSource(fn=kern, signature=sig, constexprs=consts),
-                       target=GPUTarget("cuda", 90, 32), options={"num_warps": GT._NUM_WARPS})
+                       target=GPUTarget("cuda", 90, 32), options={"num_warps": settings.current().glcm_warps})
     assert "ptx" in k.asm
 for score in (True, False):
     for L, P in ((64, 64), (256, 32), (10, 16)):
@@ -567,7 +568,7 @@ def test_triton_kernels_compile_for_sm90():
 def test_cuda_triton_matches_other_paths_large(monkeypatch):
     """4096^2 and a batch of 16 2048^2 natural images on the GPU: the Triton kernels equal the
     vectorised torch path run on the same CUDA tensors, and the skimage loop on sampled patches."""
-    monkeypatch.setenv("D4K_GLCM_CUDA", "0")   # Triton here; the CUDA kernel has its own test below
+    setenv(monkeypatch, "D4K_GLCM_CUDA", "0")   # Triton here; the CUDA kernel has its own test below
     img = _natural(4096)
     x = torch.from_numpy(img).cuda()
     with backend.prefer("triton"):
@@ -617,8 +618,9 @@ def test_triton_kernel_variants(use_path, monkeypatch, kernel, g, seed):
     from d4k_kernels.ops import _glcm_triton as GT
 
     dev = use_path("triton")
-    monkeypatch.setattr(GT, "_G", g)
-    monkeypatch.setattr(GT, "_KERNEL", kernel)
+    setenv(monkeypatch, "D4K_GLCM_G", str(g))
+    setenv(monkeypatch, "D4K_GLCM_KERNEL", kernel)
+    assert GT._kernel() == kernel
     rng = np.random.default_rng(seed)
     q = rng.integers(0, 10, (1, 32, 48)).astype(np.uint8)
     dist, ang = (1, 2), (0.0, math.pi / 2, math.pi / 4)   # 5 distinct offsets
@@ -697,43 +699,43 @@ def test_cuda_routing_env_fit_and_fallback(monkeypatch):
     """_cuda_choice: the CUDA kernel for CUDA tensors when enabled, built and fitting shared memory;
     None (-> Triton) with D4K_GLCM_CUDA=0, a failed build, too little shared memory, or a CPU tensor."""
     fake = _FakeCudaExt()
-    monkeypatch.setattr(G, "_cuda_ext", lambda device: fake)
+    fake_extensions(monkeypatch, glcm_cuda=fake)
     monkeypatch.setattr(G, "_SMEM", {})
     for var in ("D4K_GLCM_CUDA", "D4K_GLCM_CUDA_THREADS", "D4K_GLCM_CUDA_NACC16"):
-        monkeypatch.delenv(var, raising=False)
+        setenv(monkeypatch, var)
     cuda0 = torch.device("cuda", 0)
     plan = _PAPER_PLAN
     assert G._cuda_choice(cuda0, plan) == (fake, 512, True)
     assert G._cuda_choice(torch.device("cpu"), plan) is None
-    monkeypatch.setenv("D4K_GLCM_CUDA_THREADS", "256")
-    monkeypatch.setenv("D4K_GLCM_CUDA_NACC16", "0")
+    setenv(monkeypatch, "D4K_GLCM_CUDA_THREADS", "256")
+    setenv(monkeypatch, "D4K_GLCM_CUDA_NACC16", "0")
     assert G._cuda_choice(cuda0, plan) == (fake, 256, False)
-    monkeypatch.setenv("D4K_GLCM_CUDA", "0")
+    setenv(monkeypatch, "D4K_GLCM_CUDA", "0")
     assert G._cuda_choice(cuda0, plan) is None
-    monkeypatch.setenv("D4K_GLCM_CUDA", "1")
+    setenv(monkeypatch, "D4K_GLCM_CUDA", "1")
     # 32-bit multiplicities of the paper's plan need ~127 KB, 16-bit ones ~74 KB
     monkeypatch.setattr(G, "_SMEM", {})
     fake.limit = 100 * 1024
     assert G._cuda_choice(cuda0, plan) is None
-    monkeypatch.delenv("D4K_GLCM_CUDA_NACC16")
+    setenv(monkeypatch, "D4K_GLCM_CUDA_NACC16")
     assert G._cuda_choice(cuda0, plan) == (fake, 256, True)
     monkeypatch.setattr(G, "_SMEM", {})
     fake.limit = 48 * 1024
     assert G._cuda_choice(cuda0, plan) is None
-    monkeypatch.setattr(G, "_cuda_ext", lambda device: None)   # build failed / no GPU
+    fake_extensions(monkeypatch, glcm_cuda=None)   # build failed / no GPU
     assert G._cuda_choice(cuda0, plan) is None
 
 
 def test_cuda_build_failure_warns_once(monkeypatch):
     """A failed build of the CUDA extension warns once and leaves the score to Triton."""
-    monkeypatch.delenv("D4K_NO_EXT", raising=False)
-    monkeypatch.delenv("D4K_GLCM_CUDA", raising=False)
+    setenv(monkeypatch, "D4K_NO_EXT")
+    setenv(monkeypatch, "D4K_GLCM_CUDA")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(G, "_cuda_arch_flags", lambda device: [])
+    monkeypatch.setattr(_build, "cuda_arch_flags", lambda device=None: [])
     calls = _failing_builds(monkeypatch, "nvcc exploded")
     monkeypatch.setattr(G, "_SMEM", {})
     with pytest.warns(RuntimeWarning, match="CUDA score kernel is unavailable.*nvcc exploded.*Triton"):
-        assert G._cuda_ext(torch.device("cuda", 0)) is None
+        assert backend.extension("glcm_cuda", torch.device("cuda", 0)) is None
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert G._cuda_choice(torch.device("cuda", 0), _PAPER_PLAN) is None
@@ -766,13 +768,13 @@ def test_nacc16_exact_bound():
 
 def _cuda_scores_both(x, monkeypatch, **kw):
     """(CUDA kernel, Triton kernel) scores of the same CUDA tensor."""
-    monkeypatch.setenv("D4K_GLCM_CUDA", "1")
+    setenv(monkeypatch, "D4K_GLCM_CUDA", "1")
     with backend.prefer("triton"):
         a = G.glcm_score(x, reduction="none", **kw)
-    monkeypatch.setenv("D4K_GLCM_CUDA", "0")
+    setenv(monkeypatch, "D4K_GLCM_CUDA", "0")
     with backend.prefer("triton"):
         b = G.glcm_score(x, reduction="none", **kw)
-    monkeypatch.setenv("D4K_GLCM_CUDA", "1")
+    setenv(monkeypatch, "D4K_GLCM_CUDA", "1")
     return a, b
 
 
@@ -809,8 +811,8 @@ def test_cuda_kernel_equals_triton_and_references(monkeypatch, seed):
         plan = G._plan(patch, tuple(G.offsets_of(dist, ang)), levels)
         used += G._cuda_choice(dev, plan) is not None
         for threads, n16 in ((512, "1"), (256, "0"), (1024, "1")):
-            monkeypatch.setenv("D4K_GLCM_CUDA_THREADS", str(threads))
-            monkeypatch.setenv("D4K_GLCM_CUDA_NACC16", n16)
+            setenv(monkeypatch, "D4K_GLCM_CUDA_THREADS", str(threads))
+            setenv(monkeypatch, "D4K_GLCM_CUDA_NACC16", n16)
             a, b = _cuda_scores_both(xt, monkeypatch, **kw)
             np.testing.assert_allclose(a.cpu().numpy(), b.cpu().numpy(), rtol=0, atol=1e-12)
         with backend.prefer("cpu"):
@@ -862,12 +864,12 @@ def test_cuda_kernel_disabled_or_missing_falls_back_to_triton(monkeypatch, seed)
         raise AssertionError("the CUDA kernel ran")
 
     monkeypatch.setattr(G, "_cuda_scores", boom)
-    monkeypatch.setenv("D4K_GLCM_CUDA", "0")
+    setenv(monkeypatch, "D4K_GLCM_CUDA", "0")
     with backend.prefer("triton"):
         s = G.glcm_score(img, size=128, reduction="none")
     np.testing.assert_allclose(s.cpu().numpy(), ref, rtol=0, atol=1e-12)
-    monkeypatch.setenv("D4K_GLCM_CUDA", "1")
-    monkeypatch.setattr(G, "_cuda_ext", lambda device: None)
+    setenv(monkeypatch, "D4K_GLCM_CUDA", "1")
+    fake_extensions(monkeypatch, glcm_cuda=None)
     with backend.prefer("triton"):
         s = G.glcm_score(img, size=128, reduction="none")
     np.testing.assert_allclose(s.cpu().numpy(), ref, rtol=0, atol=1e-12)

@@ -7,9 +7,10 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import fake_extensions
 
 import d4k_kernels
-from d4k_kernels import backend
+from d4k_kernels import backend, settings
 from d4k_kernels.ops import haar
 from d4k_kernels.reference import haar as ref
 from d4k_kernels.reference.peers import import_pytorch_wavelets
@@ -20,11 +21,14 @@ MODES = ("zero", "symmetric", "reflect", "periodization")
 
 
 @pytest.fixture(autouse=True)
-def small_tiles(monkeypatch):
+def small_tiles():
     """Tiny Triton tiles under the interpreter, so that small test images span several programs
     (edge masks). On a GPU the real tiles run (the cuda tests use large shapes)."""
-    if not torch.cuda.is_available():
-        monkeypatch.setattr(haar, "_TILE", (4, 16))
+    if torch.cuda.is_available():
+        yield
+        return
+    with settings.override(haar_tile=(4, 16)):
+        yield
 
 
 def pywt_dec(x, levels, mode):
@@ -465,11 +469,12 @@ _COMPILE_SCRIPT = r"""
 import triton, triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+from d4k_kernels import settings
 from d4k_kernels.ops import haar
 for kern, levels in [(haar._haar_fwd_kernel, 1), (haar._haar_fwd_kernel, 3), (haar._haar_inv_kernel, 2)]:
     names = kern.arg_names
     const = {"LEVELS": levels, "MODE": 1, "ACC": tl.float32}
-    const["BR"], const["BC"] = haar._tiles(levels)
+    const["BR"], const["BC"] = haar._tiles(levels, settings.current().haar_tile)
     sig = {n: "constexpr" if n in const else ("*bf16" if n.endswith("_ptr") else "i32") for n in names}
     consts = {(names.index(n),): v for n, v in const.items() if n in names}
     k = triton.compile(ASTSource(fn=kern, signature=sig, constexprs=consts),
@@ -533,17 +538,18 @@ def test_compiled_cpu_levels_are_built_here():
 
     if _build.ext_disabled():
         pytest.skip("D4K_NO_EXT=1")
-    assert haar._haar_ext(torch.zeros(1)) is not None, _build.failure("haar")
+    assert backend.extension("haar") is not None, _build.failure("haar")
 
 
 @pytest.mark.parametrize("compiled", [True, False], ids=["cpp", "torch-fallback"])
 @pytest.mark.parametrize("mode", MODES)
 def test_cpu_implementations_match_pywt(monkeypatch, seed, mode, compiled):
     if not compiled:
-        monkeypatch.setattr(haar, "_haar_ext", lambda t: None)
-    elif haar._haar_ext(torch.zeros(1)) is None:
+        fake_extensions(monkeypatch, haar=None)
+    elif backend.extension("haar") is None:
         pytest.skip("compiled CPU levels unavailable")
     with backend.prefer("cpu"):
+        assert backend.choose("haar_dwt2", torch.zeros(2, 2)) == ("cpp" if compiled else "torch")
         for H, W in [(2, 2), (2, 7), (5, 2), (3, 3), (7, 9), (12, 10), random_shape(2, 40)]:
             J = haar.max_levels(H, W)
             x = torch.randn(3, H, W, dtype=torch.float64)

@@ -6,9 +6,10 @@ import sys
 
 import pytest
 import torch
+from conftest import setenv
 
 import d4k_kernels
-from d4k_kernels import _checks, backend
+from d4k_kernels import _checks, backend, settings
 from d4k_kernels import benchmarks as bm
 from d4k_kernels.cli import main as cli_main
 
@@ -21,14 +22,14 @@ def test_cpu_tensor_runs_cpu_path_when_preferred():
 
 
 def test_default_for_cpu_tensor_follows_interpreter(monkeypatch):
-    monkeypatch.delenv("D4K_BACKEND", raising=False)
+    setenv(monkeypatch, "D4K_BACKEND")
     expected = "triton" if (backend.HAS_TRITON and backend.interpreter_enabled()) else "cpu"
     assert backend.select(torch.zeros(1)) == expected
 
 
 def test_prefer_triton_without_interpreter_raises(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-    monkeypatch.setenv("D4K_TRITON_INTERPRET", "0")
+    setenv(monkeypatch, "TRITON_INTERPRET", "0")
+    setenv(monkeypatch, "D4K_TRITON_INTERPRET", "0")
     with backend.prefer("triton"):
         with pytest.raises(RuntimeError, match="cannot run here"):
             backend.select(torch.zeros(1))
@@ -42,11 +43,10 @@ def test_prefer_is_scoped_and_nests():
 
 
 def test_env_backend(monkeypatch):
-    monkeypatch.setenv("D4K_BACKEND", "cpu")
+    setenv(monkeypatch, "D4K_BACKEND", "cpu")
     assert backend.select(torch.zeros(1)) == "cpu"
-    monkeypatch.setenv("D4K_BACKEND", "gpu-please")
-    with pytest.raises(ValueError, match="gpu-please"):
-        backend.select(torch.zeros(1))
+    with pytest.raises(ValueError, match="D4K_BACKEND.*gpu-please"):
+        setenv(monkeypatch, "D4K_BACKEND", "gpu-please")
 
 
 def test_unknown_backend_name():
@@ -178,8 +178,9 @@ def test_resolve_device_rejects_bad_name():
     with pytest.raises(ValueError, match="'tpu'"):
         bm.resolve_device("tpu")
     if not torch.cuda.is_available():
-        with pytest.raises(SystemExit, match="no CUDA GPU"):
+        with pytest.raises(ValueError, match="CUDA is not available"):
             bm.resolve_device("cuda")
+        assert cli_main(["bench", "--device", "cuda"]) == 2
 
 
 def test_d4k_entry_point_runs_as_module():
@@ -188,21 +189,74 @@ def test_d4k_entry_point_runs_as_module():
     assert "bench" in r.stdout and "eval" in r.stdout
 
 
-def test_env_tile_settings(monkeypatch):
-    from d4k_kernels._checks import env_tile
+def test_settings_parse_every_variable_and_name_bad_values(monkeypatch):
+    for var in settings.VARIABLES:
+        setenv(monkeypatch, var.env)
+    cur = settings.current()
+    assert cur.haar_tile == (32, 128) and cur.haar_warps == 4 and cur.wlf_tile == (8, 64)
+    assert cur.glcm_cuda is True and cur.glcm_cuda_threads == 512 and cur.backend is None and not cur.no_ext
+    setenv(monkeypatch, "D4K_HAAR_TILE", "16x256")
+    setenv(monkeypatch, "D4K_HAAR_WARPS", "8")
+    setenv(monkeypatch, "D4K_NO_EXT", "yes")
+    assert settings.current().haar_tile == (16, 256) and settings.current().haar_warps == 8
+    assert settings.current().no_ext is True
+    for name, value, msg in (("D4K_HAAR_TILE", "24x128", "D4K_HAAR_TILE rows must be a power of two, got 24"),
+                             ("D4K_WLF_TILE", "big", "D4K_WLF_TILE must look like 32x128"),
+                             ("D4K_GLCM_WARPS", "6", "D4K_GLCM_WARPS must be a power of two, got 6"),
+                             ("D4K_GLCM_CUDA_THREADS", "300", "D4K_GLCM_CUDA_THREADS must be one of 256, 512, 1024"),
+                             ("D4K_NO_EXT", "maybe", "D4K_NO_EXT must be 1/0"),
+                             ("D4K_GLCM_KERNEL", "fast", "D4K_GLCM_KERNEL must be one of hist, dot")):
+        with pytest.raises(ValueError, match=msg):
+            setenv(monkeypatch, name, value)
+        setenv(monkeypatch, name)
 
-    monkeypatch.setenv("D4K_X_TILE", "16x256")
-    monkeypatch.setenv("D4K_X_WARPS", "8")
-    assert env_tile("D4K_X_TILE", "32x128", "D4K_X_WARPS", 4) == ((16, 256), 8)
-    monkeypatch.delenv("D4K_X_TILE")
-    monkeypatch.delenv("D4K_X_WARPS")
-    assert env_tile("D4K_X_TILE", "32x128", "D4K_X_WARPS", 4) == ((32, 128), 4)
-    monkeypatch.setenv("D4K_X_TILE", "24x128")
-    with pytest.raises(ValueError, match="D4K_X_TILE rows must be a power of two, got 24"):
-        env_tile("D4K_X_TILE", "32x128", "D4K_X_WARPS", 4)
-    monkeypatch.setenv("D4K_X_TILE", "big")
-    with pytest.raises(ValueError, match="D4K_X_TILE must look like 32x128"):
-        env_tile("D4K_X_TILE", "32x128", "D4K_X_WARPS", 4)
+
+def test_settings_override_is_scoped():
+    before = settings.current()
+    with settings.override(glcm_cuda=False, haar_warps=2) as s:
+        assert s is settings.current() and not s.glcm_cuda and s.haar_warps == 2
+    assert settings.current() == before
+    with pytest.raises(TypeError, match="unknown setting.*no_such"):
+        with settings.override(no_such=1):
+            pass
+
+
+def test_no_library_module_reads_d4k_variables_itself():
+    """settings.py is the one reader of D4K_* variables; the docs list every one of them."""
+    import pathlib
+    import re
+
+    pkg = pathlib.Path(d4k_kernels.__file__).parent
+    for f in pkg.rglob("*.py"):
+        if f.name == "settings.py":
+            continue
+        src = f.read_text()
+        assert not re.search(r"environ(\.get)?[\[(]\s*[\"']D4K_", src), f"{f} reads a D4K_ variable itself"
+    doc = (pkg.parent / "docs" / "settings.md").read_text()
+    for var in settings.VARIABLES:
+        assert f"`{var.env}`" in doc, f"docs/settings.md does not list {var.env}"
+
+
+def test_choose_walks_each_ops_list(monkeypatch):
+    """backend.choose: the CPU list ("cpp" when its extension loads, else "torch"), float64 to torch for
+    ops without float64 kernels, a refused "fits" falls through, unknown ops are named."""
+    x = torch.zeros(2, 2)
+    real = backend.extension
+    with backend.prefer("cpu"):
+        monkeypatch.setattr(backend, "extension", lambda name, device=None: object())
+        assert backend.choose("haar_dwt2", x) == "cpp" and backend.choose("glcm_counts", x) == "cpp"
+        assert backend.choose("wavelet_energy", x) == "torch" and backend.choose("upconv_tail", x) == "torch"
+        assert backend.choose("glcm_patch_scores", x, fits=lambda impl, ext: impl != "cpp") == "torch"
+        monkeypatch.setattr(backend, "extension", lambda name, device=None: None)
+        assert backend.choose("haar_dwt2", x) == "torch"
+    monkeypatch.setattr(backend, "extension", real)
+    if backend.HAS_TRITON and backend.interpreter_enabled():
+        with backend.prefer("triton"):
+            assert backend.choose("group_norm_apply", x) == "triton"
+            assert backend.choose("group_norm_apply", x.double()) == "torch"
+            assert backend.choose("haar_dwt2", x.double()) == "triton"
+    with pytest.raises(ValueError, match="unknown op 'nope'"):
+        backend.choose("nope", x)
 
 
 def test_vae_memory_table_repeats_and_psnr(monkeypatch, capsys):

@@ -21,6 +21,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from .._util import resolve_device
+
 FAMILIES = ("haar", "wavelet_loss", "glcm", "upconv", "vae")
 
 
@@ -38,16 +40,6 @@ class Case:
     @property
     def is_d4k(self) -> bool:
         return self.impl.startswith("d4k")
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda was asked for but torch sees no CUDA GPU")
-    if device not in ("cuda", "cpu"):
-        raise ValueError(f"device must be auto, cuda or cpu, got {device!r}")
-    return torch.device(device)
 
 
 def time_case(fn: Callable[[], object], device: torch.device, quick: bool = False) -> float:
@@ -127,7 +119,11 @@ def collect(ops: Optional[Sequence[str]], device: torch.device, quick: bool) -> 
 
 def main(ops=None, device: str = "auto", quick: bool = False, json_path: Optional[str] = None,
          graphs: bool = True) -> int:
-    dev = resolve_device(device)
+    try:
+        dev = resolve_device(device)
+    except ValueError as e:
+        print(f"d4k bench: error: {e}", file=sys.stderr)
+        return 2
     bw = copy_bandwidth(dev)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
     print(f"d4k bench on {name} (torch {torch.__version__})"

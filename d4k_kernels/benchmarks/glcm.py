@@ -7,7 +7,6 @@ it runs on a subset of the patches and the group/impl name says so (multiply by 
 the whole image)."""
 from __future__ import annotations
 
-import os
 from typing import List
 
 import numpy as np
@@ -67,8 +66,8 @@ def _threads(n: int, f):
 
 
 def cases(device: torch.device, quick: bool = False) -> List[Case]:
+    from .. import backend, settings
     from ..ops import glcm as G
-    from .. import backend
 
     out: List[Case] = []
     if device.type == "cuda":
@@ -91,27 +90,15 @@ def cases(device: torch.device, quick: bool = False) -> List[Case]:
             def variant(cuda, kernel="dot", g=1, x=x, size=size):
                 """cuda=True: the CUDA score kernel; else the Triton kernel ``kernel`` (G offsets/program)."""
                 def fn():
-                    from ..ops import _glcm_triton as GT
-
-                    old = GT._KERNEL, GT._G, os.environ.get("D4K_GLCM_CUDA")
-                    GT._KERNEL, GT._G = kernel, g
-                    os.environ["D4K_GLCM_CUDA"] = "1" if cuda else "0"
-                    try:
-                        with backend.prefer("triton"):
-                            return G.glcm_score(x, size=size)
-                    finally:
-                        GT._KERNEL, GT._G = old[:2]
-                        if old[2] is None:
-                            os.environ.pop("D4K_GLCM_CUDA", None)
-                        else:
-                            os.environ["D4K_GLCM_CUDA"] = old[2]
+                    with settings.override(glcm_kernel=kernel, glcm_g=g, glcm_cuda=cuda), backend.prefer("triton"):
+                        return G.glcm_score(x, size=size)
                 return fn
 
             from ..ops import _glcm_triton as GT
 
             plan = G._plan(64, tuple(G.offsets_of(G.PAPER_DISTANCES, G.PAPER_ANGLES)), 64)
             choice = G._cuda_choice(device, plan)       # builds the CUDA extension on first use
-            picked = "CUDA kernel" if choice is not None else f"Triton {GT._KERNEL} kernel"
+            picked = "CUDA kernel" if choice is not None else f"Triton {GT._kernel()} kernel"
             out.append(Case(group, "d4k", d4k, bytes_moved=nbytes,
                             note=f"what glcm_score runs: {picked} (D4K_GLCM_CUDA, D4K_GLCM_KERNEL)"))
             if choice is not None:
@@ -146,7 +133,7 @@ def cases(device: torch.device, quick: bool = False) -> List[Case]:
         with backend.prefer("cpu"):
             return G.glcm_score(x, size=size)
 
-    have_cpp = G._cpu_ext() is not None
+    have_cpp = backend.extension("glcm") is not None
     if have_cpp:
         out.append(Case(group, "d4k C++ 1 thread", _threads(1, cpp), bytes_moved=nbytes))
         out.append(Case(group, "d4k C++ 2 threads", _threads(2, cpp), bytes_moved=nbytes))

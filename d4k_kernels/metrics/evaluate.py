@@ -29,8 +29,9 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from .. import backend as _backend
+from .. import backend as _backend, settings
 from .._checks import check_choice, check_int
+from .._util import resolve_device
 from .gray import rgb_to_gray
 from .io import ImageLoadError, _import_cv2, list_images, load_image
 
@@ -162,18 +163,6 @@ class EvalResult:
             raise ValueError(f"output file must end in .csv or .json, got {p!r}")
 
 
-def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
-    """"auto"/None -> cuda if available else cpu; "cuda" without a GPU -> RuntimeError."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {str(device)!r} was requested but CUDA is not available")
-    if dev.type not in ("cuda", "cpu"):
-        raise ValueError(f"device must be 'auto', 'cuda' or 'cpu', got {str(device)!r}")
-    return dev
-
-
 def _check_size_patch(size: int, patch: int) -> None:
     check_int(size, "size", lo=1)
     check_int(patch, "patch", lo=2)
@@ -223,7 +212,7 @@ class _Scorer:
         self.fn = glcm_score
         self.device, self.size, self.patch = device, size, patch
         # CPU tensors: the compiled C++ / torch path, not the Triton interpreter, unless asked.
-        if backend is None and device.type == "cpu" and not os.environ.get("D4K_BACKEND"):
+        if backend is None and device.type == "cpu" and settings.current().backend is None:
             backend = "cpu"
         self.backend = backend
 

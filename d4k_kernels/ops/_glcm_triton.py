@@ -18,11 +18,12 @@ patch, and torch finishes entropy = log2(T) - sum / T in float64. No sort, no fl
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
+
+from .. import settings
 
 
 @triton.jit
@@ -177,23 +178,23 @@ def _flog_sum_kernel(nacc_ptr, flog_ptr, out_ptr, p0, nkeys, BLOCK: tl.constexpr
 #   G=1, 4 warps, BK=64: 255 registers;  G=2, 8 warps, BK=64: 216 registers (1 block per SM)
 # G=2 shares the one-hot tile of the first pixel between two offsets (less ALU work, half the
 # occupancy): which wins is for the GPU to say. Overrides for tuning there:
-# D4K_GLCM_G, D4K_GLCM_WARPS, D4K_GLCM_BK.
-_G = int(os.environ.get("D4K_GLCM_G", "1"))
-_NUM_WARPS = int(os.environ.get("D4K_GLCM_WARPS", "8"))
-_BK = int(os.environ.get("D4K_GLCM_BK", "64"))  # pixels per one-hot tile (the K of the int8 dot) on a GPU
+# D4K_GLCM_G, D4K_GLCM_WARPS, D4K_GLCM_BK (d4k_kernels.settings).
 _BK_INTERPRET = 1024  # under the interpreter fewer, larger numpy steps are much faster
-
-
-# "hist" (tl.histogram) or "dot" (one-hot int8 dot): dot on GPUs (27.6 vs 55.9 ms for 4096^2 on an H200), hist under the interpreter
-_KERNEL = os.environ.get("D4K_GLCM_KERNEL", "hist" if os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on") else "dot")
 _HIST_BK = 1024
+
+
+def _kernel() -> str:
+    """"hist" (tl.histogram) or "dot" (one-hot int8 dot): dot on GPUs (27.6 vs 55.9 ms for 4096^2 on an
+    H200), hist under the interpreter, unless D4K_GLCM_KERNEL says otherwise."""
+    cfg = settings.current()
+    return cfg.glcm_kernel or ("hist" if cfg.interpreter else "dot")
 
 
 def _use_hist(plan) -> bool:
     """The histogram kernel keeps L*L code bins and N+1 count bins in shared memory."""
     llb = triton.next_power_of_2(plan.levels * plan.levels)
     nb = triton.next_power_of_2(max(plan.totals) + 1)
-    return _KERNEL == "hist" and llb <= 16384 and nb <= 16384
+    return _kernel() == "hist" and llb <= 16384 and nb <= 16384
 
 
 def _hist_sizes(plan):
@@ -202,7 +203,7 @@ def _hist_sizes(plan):
 
 
 def _bk(patch: int, device: torch.device) -> int:
-    bk = _BK if device.type == "cuda" else _BK_INTERPRET
+    bk = settings.current().glcm_bk if device.type == "cuda" else _BK_INTERPRET
     return max(32, min(bk, triton.next_power_of_2(patch * patch)))
 
 
@@ -247,6 +248,7 @@ def _score_tables(plan, device, keytab, mult):
 
 def triton_counts(g: torch.Tensor, plan, qdiv: int) -> torch.Tensor:
     """(N, H, W) integer image -> (N*P, U, L, L) int32 counts of the plan's distinct offsets."""
+    cfg = settings.current()
     L, P = plan.levels, plan.patch
     np_, ppi, pw = _geom(g, P)
     U = len(plan.uoffsets)
@@ -258,22 +260,24 @@ def triton_counts(g: torch.Tensor, plan, qdiv: int) -> torch.Tensor:
         llb, nbins, hbk = _hist_sizes(plan)
         _glcm_hist_kernel[(np_, U)](
             g, g.stride(0), g.stride(1), g.stride(2), offs, out, offs, offs, 0, 0,
-            0, ppi, pw, U, qdiv, P=P, L=L, LLB=llb, NB=nbins, BK=hbk, SCORE=False, num_warps=_NUM_WARPS,
+            0, ppi, pw, U, qdiv, P=P, L=L, LLB=llb, NB=nbins, BK=hbk, SCORE=False,
+            num_warps=cfg.glcm_warps,
         )
         return out
     bl, nb = _tiles(L)
     bk = _bk(P, g.device)
-    grid = (np_, triton.cdiv(U, _G), nb * nb)
+    grid = (np_, triton.cdiv(U, cfg.glcm_g), nb * nb)
     _glcm_tile_kernel[grid](
         g, g.stride(0), g.stride(1), g.stride(2), offs, out, offs, offs, 0, 0,
-        0, ppi, pw, U, qdiv, P=P, L=L, BL=bl, BK=bk, NB=nb, SCORE=False, G=_G,
-        num_warps=_NUM_WARPS,
+        0, ppi, pw, U, qdiv, P=P, L=L, BL=bl, BK=bk, NB=nb, SCORE=False, G=cfg.glcm_g,
+        num_warps=cfg.glcm_warps,
     )
     return out
 
 
 def triton_scores(g: torch.Tensor, plan, qdiv: int, tables) -> torch.Tensor:
     """(N, H, W) integer image -> (N*P,) float64 distinct-value entropy per patch."""
+    cfg = settings.current()
     keytab, mult, flog, _ = tables
     L, P = plan.levels, plan.patch
     np_, ppi, pw = _geom(g, P)
@@ -295,13 +299,14 @@ def triton_scores(g: torch.Tensor, plan, qdiv: int, tables) -> torch.Tensor:
             _glcm_hist_kernel[(npc, len(kept))](
                 g, g.stride(0), g.stride(1), g.stride(2), offs, nacc, kt, mu, kt.stride(0), K,
                 p0, ppi, pw, len(kept), qdiv, P=P, L=L, LLB=llb, NB=nbins, BK=hbk, SCORE=True,
-                num_warps=_NUM_WARPS,
+                num_warps=cfg.glcm_warps,
             )
         elif kept:
-            _glcm_tile_kernel[(npc, triton.cdiv(len(kept), _G), nb * nb)](
+            _glcm_tile_kernel[(npc, triton.cdiv(len(kept), cfg.glcm_g), nb * nb)](
                 g, g.stride(0), g.stride(1), g.stride(2), offs, nacc, kt, mu, kt.stride(0), K,
-                p0, ppi, pw, len(kept), qdiv, P=P, L=L, BL=bl, BK=_bk(P, g.device), NB=nb, SCORE=True, G=_G,
-                num_warps=_NUM_WARPS,
+                p0, ppi, pw, len(kept), qdiv, P=P, L=L, BL=bl, BK=_bk(P, g.device), NB=nb, SCORE=True,
+                G=cfg.glcm_g,
+                num_warps=cfg.glcm_warps,
             )
         _flog_sum_kernel[(npc,)](nacc, flog, out, p0, K, BLOCK=1024)
     # scalars stay out of the kernel: Triton passes Python floats as fp32

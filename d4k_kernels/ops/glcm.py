@@ -24,7 +24,7 @@ and a vectorised torch fallback (any device) when the extension cannot be built.
 runs the compiled CUDA kernel (csrc/glcm_cuda.cu: one thread block per patch, shared-memory
 atomics; built at first use) when it builds and the configuration fits shared memory, else Triton.
 
-Environment (read at each call): ``D4K_GLCM_CUDA=0`` never uses (or builds) the CUDA kernel;
+Settings (d4k_kernels.settings): ``D4K_GLCM_CUDA=0`` never uses (or builds) the CUDA kernel;
 ``D4K_GLCM_CUDA_THREADS=256|512|1024`` (default 512) threads per block; ``D4K_GLCM_CUDA_NACC16=0``
 keeps the per-patch multiplicities in 32 bits even where 16 bits are exact (see the .cu file).
 ``D4K_GLCM_KERNEL=hist|dot`` picks the Triton counting kernel (ops/_glcm_triton.py).
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import warnings
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
@@ -41,7 +40,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .. import backend
+from .. import backend, settings
 from .._checks import check_choice, check_int, check_tensor
 
 __all__ = ["glcm", "glcm_score", "graycoprops", "glcm_entropy", "offsets_of", "PAPER_DISTANCES", "PAPER_ANGLES"]
@@ -241,29 +240,15 @@ def _torch_scores(g: torch.Tensor, plan: _Plan, qdiv: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 # compiled CPU path
 # ----------------------------------------------------------------------------------------------
-def _cpu_ext():
-    """The compiled CPU kernel (torch.ops.d4k_glcm), or None: a failed build warns once (the torch
-    fallback runs instead)."""
-    from .._build import load_extension
-
-    return load_extension("glcm", ["csrc/glcm.cpp", "bindings/glcm.cpp"], ops_namespace="d4k_glcm", openmp=True,
-                          what="the compiled GLCM CPU kernel", fallback="the vectorised torch fallback (slower)",
-                          stacklevel=5)
-
-
-def _cpu_counts(g, plan, qdiv):
-    ext = _cpu_ext() if g.device.type == "cpu" else None
-    if ext is None:
-        return _torch_counts(g, plan, qdiv)
+def _cpp_counts(g, plan, qdiv):
+    ext = backend.extension("glcm")
     _, _, _, offs = _device_tables(plan, g.device)
     out = ext.glcm_counts(_as_u8(g), plan.patch, offs, plan.levels, qdiv)
     return out.view(g.shape[0], _num_patches(g, plan.patch), len(plan.uoffsets), plan.levels, plan.levels)
 
 
-def _cpu_scores(g, plan, qdiv):
-    ext = _cpu_ext() if g.device.type == "cpu" else None
-    if ext is None:
-        return _torch_scores(g, plan, qdiv)
+def _cpp_scores(g, plan, qdiv):
+    ext = backend.extension("glcm")
     keytab, mult, flog, offs = _device_tables(plan, g.device)
     out = ext.glcm_scores(_as_u8(g), plan.patch, offs, mult, keytab, flog, plan.levels, qdiv, plan.nkeys)
     return out.view(g.shape[0], _num_patches(g, plan.patch))
@@ -293,35 +278,6 @@ def _triton_scores(g, plan, qdiv):
 # ----------------------------------------------------------------------------------------------
 # CUDA kernel for the score (csrc/glcm_cuda.cu + bindings/glcm_cuda.cpp), built at first use
 # ----------------------------------------------------------------------------------------------
-_FALSE = ("0", "false", "no", "off")
-
-
-def _cuda_enabled() -> bool:
-    return os.environ.get("D4K_GLCM_CUDA", "1").strip().lower() not in _FALSE
-
-
-def _cuda_arch_flags(device: torch.device) -> List[str]:
-    """nvcc flags for the GPU at hand (torch adds none of its own when one names an arch)."""
-    major, minor = torch.cuda.get_device_capability(device)
-    cc = f"{major}{minor}"
-    if (major, minor) == (9, 0):
-        cc = "90a"
-    return [f"-gencode=arch=compute_{cc},code=sm_{cc}"]
-
-
-def _cuda_ext(device: torch.device):
-    """The loaded CUDA extension (torch.ops.d4k_glcm_cuda), or None: no GPU, or the build failed
-    (one warning; the Triton kernel runs instead). One build per process: every GPU of a process
-    is assumed to have the compute capability of the first one used."""
-    if not torch.cuda.is_available():
-        return None
-    from .._build import load_extension
-
-    return load_extension("glcm_cuda", ["bindings/glcm_cuda.cpp", "csrc/glcm_cuda.cu"], ops_namespace="d4k_glcm_cuda",
-                          extra_cuda_cflags=_cuda_arch_flags(device), what="the GLCM CUDA score kernel",
-                          fallback="the Triton kernel", silence="Set D4K_GLCM_CUDA=0 to silence this.", stacklevel=5)
-
-
 @functools.lru_cache(maxsize=64)
 def _nacc16_exact(plan: _Plan) -> bool:
     """Whether no value multiplicity of a patch can exceed 65535 (16-bit counters are exact): the
@@ -336,28 +292,34 @@ def _nacc16_exact(plan: _Plan) -> bool:
 _SMEM: dict = {}
 
 
-def _cuda_choice(device: torch.device, plan: _Plan):
-    """(ext, threads, nacc16) when the CUDA kernel should compute the score of ``plan`` on ``device``,
-    else None (the Triton kernel runs): D4K_GLCM_CUDA=0, no extension (not built / build failed), or
-    the patch's tables do not fit the device's shared memory per block (opt-in limit)."""
-    if device.type != "cuda" or not _cuda_enabled():
-        return None
+def _fits(impl: str, device: torch.device, plan: _Plan, ext) -> bool:
+    """Whether the CUDA kernel can compute the score of ``plan`` on ``device`` (other implementations
+    always can): the patch's tables fit the device's shared memory per block (opt-in limit) and its
+    indices fit 32 bits."""
+    if impl != "cuda":
+        return True
     if plan.cells >= 2 ** 31 or plan.nkeys >= 2 ** 30:
-        return None
-    ext = _cuda_ext(device)
-    if ext is None:
-        return None
-    threads = int(os.environ.get("D4K_GLCM_CUDA_THREADS", "512"))
-    if threads not in (256, 512, 1024):
-        threads = 512
-    nacc16 = _nacc16_exact(plan) and os.environ.get("D4K_GLCM_CUDA_NACC16", "1").strip().lower() not in _FALSE
+        return False
+    nacc16 = _cuda_nacc16(plan)
     idx = device.index if device.index is not None else torch.cuda.current_device()
     key = (idx, plan.patch, plan.levels, plan.nkeys, nacc16)
     fits = _SMEM.get(key)
     if fits is None:
         need = int(ext.smem_bytes(plan.patch, plan.levels, plan.nkeys, nacc16))
         fits = _SMEM[key] = need <= int(ext.max_smem(idx))
-    return (ext, threads, nacc16) if fits else None
+    return fits
+
+
+def _cuda_nacc16(plan: _Plan) -> bool:
+    return _nacc16_exact(plan) and settings.current().glcm_cuda_nacc16
+
+
+def _cuda_choice(device: torch.device, plan: _Plan):
+    """(ext, threads, nacc16) when the CUDA kernel computes the score of ``plan`` on ``device`` (what
+    :func:`d4k_kernels.backend.choose` picks for it), else None (the Triton kernel runs)."""
+    if backend.choose("glcm_patch_scores", device, fits=lambda impl, ext: _fits(impl, device, plan, ext)) != "cuda":
+        return None
+    return backend.extension("glcm_cuda", device), settings.current().glcm_cuda_threads, _cuda_nacc16(plan)
 
 
 def _cuda_scores(g, plan, qdiv, choice):
@@ -387,9 +349,10 @@ def _num_patches(g: torch.Tensor, patch: int) -> int:
 def _glcm_counts_op(g: torch.Tensor, patch: int, offsets: List[int], levels: int, qdiv: int) -> torch.Tensor:
     """(N, H, W) integer image -> (N, P, U, L, L) int32 counts of the distinct offsets."""
     plan = _plan(patch, _unflat(offsets), levels)
-    if backend.select(g) == "triton":
+    impl = backend.choose("glcm_counts", g)
+    if impl == "triton":
         return _triton_counts(g, plan, qdiv)
-    return _cpu_counts(g, plan, qdiv)
+    return _cpp_counts(g, plan, qdiv) if impl == "cpp" else _torch_counts(g, plan, qdiv)
 
 
 @_glcm_counts_op.register_fake
@@ -402,12 +365,13 @@ def _(g, patch, offsets, levels, qdiv):
 def _glcm_scores_op(g: torch.Tensor, patch: int, offsets: List[int], levels: int, qdiv: int) -> torch.Tensor:
     """(N, H, W) integer image -> (N, P) float64 distinct-value GLCM entropy per patch."""
     plan = _plan(patch, _unflat(offsets), levels)
-    if backend.select(g) == "triton":
-        choice = _cuda_choice(g.device, plan)
-        if choice is not None:
-            return _cuda_scores(g, plan, qdiv, choice)
+    impl = backend.choose("glcm_patch_scores", g, fits=lambda impl, ext: _fits(impl, g.device, plan, ext))
+    if impl == "cuda":
+        return _cuda_scores(g, plan, qdiv, (backend.extension("glcm_cuda", g.device),
+                                            settings.current().glcm_cuda_threads, _cuda_nacc16(plan)))
+    if impl == "triton":
         return _triton_scores(g, plan, qdiv)
-    return _cpu_scores(g, plan, qdiv)
+    return _cpp_scores(g, plan, qdiv) if impl == "cpp" else _torch_scores(g, plan, qdiv)
 
 
 @_glcm_scores_op.register_fake

@@ -20,7 +20,7 @@ Contiguous groups are read as one run (1-D blocks); strided views (tile cores of
 [rows, columns] blocks, without per-element index division.
 The torch path (CPU, or float64 inputs) is two-pass: float64 sum, then the centred second moment.
 
-Dispatch: :func:`d4k_kernels.backend.select` - CUDA tensors run the Triton kernels, CPU tensors the torch
+Dispatch: :func:`d4k_kernels.backend.choose` - CUDA tensors run the Triton kernels, CPU tensors the torch
 path (or the Triton kernels under the interpreter). float64 inputs always take the torch path.
 
 Autograd: decoding is inference, so the Triton kernels have no backward. When a gradient is needed
@@ -34,6 +34,7 @@ from typing import Optional, Tuple
 import torch
 
 from .. import backend
+from .._util import cdiv as _cdiv, next_pow2 as _next_pow2
 from .._checks import check_int, check_tensor
 
 try:  # pragma: no cover - import guarded for triton-less installs
@@ -46,13 +47,6 @@ except Exception:  # pragma: no cover
 __all__ = ["group_norm_stats", "group_norm_finalize", "group_norm_apply"]
 
 
-def _cdiv(a: int, b: int) -> int:
-    """Host-side ceil division (triton.cdiv is a constexpr_function: ~3 us per call)."""
-    return -(-a // b)
-
-
-def _next_pow2(n: int) -> int:
-    return 1 if n <= 1 else 1 << (n - 1).bit_length()
 
 _X_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
@@ -354,7 +348,7 @@ def _apply_torch(x, mean, rstd, weight, bias, num_groups, silu):
 def _stats_op(x: torch.Tensor, num_groups: int) -> torch.Tensor:
     if x.numel() == 0:
         return torch.zeros((x.shape[0], num_groups, 2), dtype=torch.float64, device=x.device)
-    if backend.select(x) == "triton" and x.dtype != torch.float64:
+    if backend.choose("group_norm_stats", x) == "triton":
         return _stats_triton(x, num_groups)
     return _stats_torch(x, num_groups)
 
@@ -369,7 +363,7 @@ def _apply_op(
     x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, weight: Optional[torch.Tensor],
     bias: Optional[torch.Tensor], num_groups: int, silu: bool,
 ) -> torch.Tensor:
-    if backend.select(x) == "triton" and x.dtype != torch.float64:
+    if backend.choose("group_norm_apply", x) == "triton":
         scale, shift = channel_scale_shift(mean, rstd, weight, bias, num_groups, x.shape[1],
                                            stats_dtype=model_stats_dtype(x, weight, bias))
         return _apply_triton(x, scale, shift, silu)

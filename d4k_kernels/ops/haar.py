@@ -19,7 +19,7 @@ included). An odd axis is padded by one sample at its end: zero -> 0, symmetric 
 runs from 1 to ``max_levels(H, W) = ceil(log2(min(H, W)))``. pywt computes the same values for
 those levels (it warns beyond its ``dwt_max_level = floor(log2 n)``, but its results match ours).
 
-Backends (d4k_kernels.backend.select)
+Backends (d4k_kernels.backend.choose)
 -------------------------------------
 * "triton": one kernel launch computes a *group* of up to ``_FUSE_MAX`` (5) levels: a program
   takes a tile of 32 x 128 input pixels (at least 2^L x 2^L) of one plane, keeps every level in registers and
@@ -51,8 +51,9 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from .. import backend
-from .._checks import check_choice, check_int, check_tensor, env_tile
+from .. import backend, settings
+from .._checks import check_choice, check_int, check_tensor
+from .._util import acc_dtype as _acc_dtype
 
 __all__ = ["dwt2", "idwt2", "DWTForward", "DWTInverse", "to_pywt", "from_pywt", "max_levels", "MODES"]
 
@@ -64,15 +65,6 @@ _MODE_ID = {"zero": 0, "symmetric": 1, "periodization": 1, "reflect": 2}
 _FOLDS = tuple(_MODE_OF_FOLD)
 _FUSE_MAX = 5            # most levels one launch carries in registers
 
-
-def _env_tile():
-    """Input pixels (rows, cols) per program before the 2^L minimum, and warps per program.
-    D4K_HAAR_TILE=32x128 and D4K_HAAR_WARPS=4 override them (for tuning on a GPU); both
-    tile sides must be powers of two."""
-    return env_tile("D4K_HAAR_TILE", "32x128", "D4K_HAAR_WARPS", 4)
-
-
-_TILE, _NUM_WARPS = _env_tile()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -108,10 +100,6 @@ def _plan(hs: Sequence[int], ws: Sequence[int], lmax: int = _FUSE_MAX) -> List[T
         groups.append((s, n))
         s += n
     return groups
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _fold(g: torch.Tensor, n_h: int, n_w: int, fold: str) -> torch.Tensor:
@@ -164,20 +152,10 @@ def _fwd_level_cpu(x: torch.Tensor, mode: str, out_dtype: torch.dtype):
     return ll, yh
 
 
-def _haar_ext(t: torch.Tensor):
-    """The compiled CPU levels (csrc/haar.cpp) for CPU tensors, else None (torch code runs).
-    Built with ninja at first use; D4K_NO_EXT=1 disables it, a failed build warns once."""
-    if t.device.type != "cpu":
-        return None
-    from .._build import load_extension
-
-    return load_extension("haar", ["csrc/haar.cpp", "bindings/haar.cpp"], ops_namespace="d4k_haar", openmp=True)
-
-
-def _dwt_cpu(x: torch.Tensor, levels: int, mode: str):
+def _dwt_cpu(x: torch.Tensor, levels: int, mode: str, ext=None):
+    """The CPU path: the compiled levels (csrc/haar.cpp) when ``ext`` is given, else vectorised torch."""
     acc = _acc_dtype(x.dtype)
     cur = x.to(acc)
-    ext = _haar_ext(x)
     yh = []
     for _ in range(levels):
         if ext is not None:   # every level's input is >= 2x2 (dwt2 checks), as the C++ code needs
@@ -202,10 +180,9 @@ def _inv_level_cpu(ll: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     return out.mul_(0.5).view(ll.shape[:-2] + (2 * h, 2 * w))
 
 
-def _idwt_cpu(yl: torch.Tensor, yh: Sequence[torch.Tensor], out_h: int, out_w: int, fold: str):
+def _idwt_cpu(yl: torch.Tensor, yh: Sequence[torch.Tensor], out_h: int, out_w: int, fold: str, ext=None):
     acc = _acc_dtype(yl.dtype)
     cur = yl.to(acc)
-    ext = _haar_ext(yl)
     for k in reversed(range(len(yh))):
         if ext is not None:
             cur = ext.idwt_level(cur.contiguous(), yh[k].to(acc).contiguous())
@@ -425,10 +402,11 @@ if backend.HAS_TRITON:
                 tl.store(out_ptr + off0 + o_w, bot.to(ty), mask=((2 * i + 1) < o_h)[:, None] & mc)
 
 
-def _tiles(levels: int) -> Tuple[int, int]:
-    """Coarse-level block (BR, BC) of a program for a group of ``levels`` levels."""
-    th = max(_TILE[0], 1 << levels)
-    tw = max(_TILE[1], 1 << levels)
+def _tiles(levels: int, tile: Tuple[int, int]) -> Tuple[int, int]:
+    """Coarse-level block (BR, BC) of a program for a group of ``levels`` levels (``tile``: input
+    pixels per program before the 2^L minimum, settings.haar_tile)."""
+    th = max(tile[0], 1 << levels)
+    tw = max(tile[1], 1 << levels)
     return th >> levels, tw >> levels
 
 
@@ -454,12 +432,13 @@ def _launches(P: int, hs: Tuple[int, ...], ws: Tuple[int, ...], tile: Tuple[int,
     a call matters for small, launch-bound shapes."""
     out = []
     for s, n in _plan(hs, ws):
-        br, bc = _tiles(n)
+        br, bc = _tiles(n, tile)
         out.append((s, n, br, bc) + _grid(P, hs[s + n], ws[s + n], br, bc))
     return tuple(out)
 
 
 def _dwt_triton(x: torch.Tensor, levels: int, mode: str):
+    cfg = settings.current()
     lead, (H, W) = x.shape[:-2], x.shape[-2:]
     x3 = _flat3(x)
     P = x3.shape[0]
@@ -471,19 +450,20 @@ def _dwt_triton(x: torch.Tensor, levels: int, mode: str):
     yh = [torch.empty((P, 3, hs[k + 1], ws[k + 1]), dtype=x.dtype, device=dev) for k in range(levels)]
     yl = torch.empty((P, hs[levels], ws[levels]), dtype=x.dtype, device=dev)
     cur = x3
-    for s, n, br, bc, tiles_w, tpp, grid in _launches(P, hs, ws, _TILE):
+    for s, n, br, bc, tiles_w, tpp, grid in _launches(P, hs, ws, cfg.haar_tile):
         ll = yl if s + n == levels else torch.empty((P, hs[s + n], ws[s + n]), dtype=acc, device=dev)
         ds = yh[s:s + n] + [yh[s]] * (_FUSE_MAX - n)
         _haar_fwd_kernel[grid](
             cur, cur.stride(0), cur.stride(1), cur.stride(2), hs[s], ws[s],
             ll, hs[s + n], ws[s + n], *ds, tiles_w, tpp,
-            LEVELS=n, BR=br, BC=bc, MODE=mode_id, ACC=tl_acc, num_warps=_NUM_WARPS,
+            LEVELS=n, BR=br, BC=bc, MODE=mode_id, ACC=tl_acc, num_warps=cfg.haar_warps,
         )
         cur = ll
     return yl.view(lead + yl.shape[-2:]), [d.view(lead + d.shape[-3:]) for d in yh]
 
 
 def _idwt_triton(yl: torch.Tensor, yh: Sequence[torch.Tensor], out_h: int, out_w: int, fold: str):
+    cfg = settings.current()
     lead = yl.shape[:-2]
     cur = _flat3(yl)
     P = cur.shape[0]
@@ -491,7 +471,7 @@ def _idwt_triton(yl: torch.Tensor, yh: Sequence[torch.Tensor], out_h: int, out_w
     hs = tuple([out_h] + [d.shape[-2] for d in yh])
     ws = tuple([out_w] + [d.shape[-1] for d in yh])
     acc = _acc_dtype(yl.dtype)
-    for s, n, br, bc, tiles_w, tpp, grid in reversed(_launches(P, hs, ws, _TILE)):
+    for s, n, br, bc, tiles_w, tpp, grid in reversed(_launches(P, hs, ws, cfg.haar_tile)):
         final = s == 0
         h1, w1 = hs[s + 1], ws[s + 1]
         if fold == "crop":
@@ -504,7 +484,7 @@ def _idwt_triton(yl: torch.Tensor, yh: Sequence[torch.Tensor], out_h: int, out_w
         _haar_inv_kernel[grid](
             cur, cur.stride(0), cur.stride(1), cur.stride(2), hs[s + n], ws[s + n],
             *dl, out, o_h, o_w, tiles_w, tpp,
-            LEVELS=n, BR=br, BC=bc, ACC=_tl_acc(yl.dtype), num_warps=_NUM_WARPS,
+            LEVELS=n, BR=br, BC=bc, ACC=_tl_acc(yl.dtype), num_warps=cfg.haar_warps,
         )
         cur = out if fold == "crop" else _fold(out, hs[s], ws[s], fold)
     cur = cur.to(yl.dtype).contiguous()
@@ -515,10 +495,11 @@ def _idwt_triton(yl: torch.Tensor, yh: Sequence[torch.Tensor], out_h: int, out_w
 # custom ops + autograd
 # ----------------------------------------------------------------------------------------------
 def _dwt2_impl(x: torch.Tensor, levels: int, mode: str) -> List[torch.Tensor]:
-    if backend.select(x) == "triton":
+    impl = backend.choose("haar_dwt2", x)
+    if impl == "triton":
         yl, yh = _dwt_triton(x, levels, mode)
     else:
-        yl, yh = _dwt_cpu(x, levels, mode)
+        yl, yh = _dwt_cpu(x, levels, mode, backend.extension("haar") if impl == "cpp" else None)
     return [yl] + list(yh)
 
 
@@ -564,9 +545,10 @@ def _idwt2_op(yl: torch.Tensor, yh: List[torch.Tensor], out_h: int, out_w: int, 
 
 
 def _idwt2_impl(yl, yh, out_h: int, out_w: int, fold: str) -> torch.Tensor:
-    if backend.select(yl) == "triton":
+    impl = backend.choose("haar_idwt2", yl)
+    if impl == "triton":
         return _idwt_triton(yl, yh, out_h, out_w, fold)
-    return _idwt_cpu(yl, yh, out_h, out_w, fold)
+    return _idwt_cpu(yl, yh, out_h, out_w, fold, backend.extension("haar") if impl == "cpp" else None)
 
 
 @_idwt2_op.register_fake

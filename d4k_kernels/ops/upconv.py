@@ -46,7 +46,7 @@ output when the tile has a halo of at least 1 low-res pixel on every side where 
 image border; the partitioned tail reads only rows/columns m-1 and m, so it needs the halo only above
 and to the left.
 
-Dispatch: backend.select(x): CUDA -> Triton kernel (bf16 / fp16 / fp32); CPU -> torch path (GN apply +
+Dispatch: backend.choose("upconv_tail", x): CUDA -> Triton kernel (bf16 / fp16 / fp32); CPU -> torch path (GN apply +
 SiLU + conv2d with the folded weights + pixel_shuffle), which also runs float64 inputs exactly (float64
 inputs always take the torch path). Autograd: decoding is inference; the Triton kernel has no backward.
 When a gradient is needed (grad mode on and an input requires grad) the differentiable torch path runs.
@@ -60,6 +60,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import backend
+from .._util import cdiv as _cdiv
 from .._checks import check_int, check_tensor
 from .groupnorm import _apply_torch, _check_affine, _check_mean_rstd, _check_x_groups, _needs_grad, \
     channel_scale_shift
@@ -74,13 +75,6 @@ except Exception:  # pragma: no cover
 __all__ = ["upconv_tail", "fold_weights"]
 
 
-def _cdiv(a: int, b: int) -> int:
-    """Host-side ceil division (triton.cdiv is a constexpr_function: ~3 us per call)."""
-    return -(-a // b)
-
-
-def _next_pow2(n: int) -> int:
-    return 1 if n <= 1 else 1 << (n - 1).bit_length()
 
 _X_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
@@ -524,7 +518,7 @@ def _upconv_op(
     gn_bias: Optional[torch.Tensor], conv_weight: torch.Tensor, conv_bias: Optional[torch.Tensor],
     num_groups: int, partitioned: bool,
 ) -> torch.Tensor:
-    if backend.select(x) == "triton" and x.dtype != torch.float64:
+    if backend.choose("upconv_tail", x) == "triton":
         scale, shift = channel_scale_shift(mean, rstd, gn_weight, gn_bias, num_groups, x.shape[1])
         return _upconv_triton(x, scale, shift, conv_weight, conv_bias, partitioned)
     return _upconv_torch(x, mean, rstd, gn_weight, gn_bias, conv_weight, conv_bias, num_groups, partitioned)

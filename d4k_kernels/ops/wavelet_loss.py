@@ -58,8 +58,9 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from .. import backend
-from .._checks import check_choice, check_int, check_same, check_tensor, env_tile
+from .. import backend, settings
+from .._checks import check_choice, check_int, check_same, check_tensor
+from .._util import acc_dtype as _acc_dtype, next_pow2 as _next_pow2
 
 __all__ = ["wavelet_loss", "wavelet_loss_and_grad", "wavelet_mse", "wavelet_energy", "coefficient_count",
            "MAX_LEVELS"]
@@ -310,35 +311,18 @@ if backend.HAS_TRITON:
         tl.store(ptr, (x * go).to(g_ptr.dtype.element_ty), mask=m)
 
 
-def _next_pow2(v: int) -> int:
-    return 1 << max(0, (int(v) - 1).bit_length())
-
-
-def _env_gpu_tile() -> Tuple[Tuple[int, int], int]:
-    """Level-1 blocks (BH, BW) per program on a GPU and warps per program: 8x64 (a 16 x 128 pixel
-    tile) and 4 warps unless D4K_WLF_TILE=BHxBW / D4K_WLF_WARPS say otherwise (powers of two; for
-    tuning on a GPU; the H200 sweep of 2026-11-27 found the default best or tied)."""
-    return env_tile("D4K_WLF_TILE", "8x64", "D4K_WLF_WARPS", 4)
-
-
-_GPU_TILE, _WARPS = _env_gpu_tile()
-
-
 def _tiles(H: int, W: int, levels: int, fixed: bool = True) -> Tuple[int, int, int, int]:
     """(BH, BW, tiles_h, tiles_w): level-1 blocks per tile (powers of two, multiples of 2^(J-1)).
     On a GPU the tile is fixed (16 x 128 pixels, taller for J = 5) so that one compiled kernel per
     (levels, flags, dtypes) serves every size; under the interpreter it shrinks to small images."""
     need = 1 << (levels - 1)
     if fixed:
-        bh, bw = max(_GPU_TILE[0], need), max(_GPU_TILE[1], need)
+        tile = settings.current().wlf_tile  # level-1 blocks (BH, BW); an H200 sweep found 8x64 best or tied
+        bh, bw = max(tile[0], need), max(tile[1], need)
     else:
         bw = max(need, min(64, _next_pow2((W + 1) // 2)))
         bh = max(need, min(max(8, 2048 // (4 * bw)), _next_pow2((H + 1) // 2)))
     return bh, bw, -(-H // (2 * bh)), -(-W // (2 * bw))
-
-
-def _acc_dtype(*ts: Optional[torch.Tensor]) -> torch.dtype:
-    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in ts) else torch.float32
 
 
 def _tl_acc(dt: torch.dtype):
@@ -387,7 +371,7 @@ def _partials_triton(pred, x_t, x0, sigma, weights, levels):
         pred, xt, x0, sigma, bwt, part, C, H, W, th * tw,
         *pred.stride(), *_strides(x_t), *x0.stride(),
         HAS_XT=x_t is not None, LEVELS=levels, BH=bh, BW=bw, ACC=_tl_acc(acc), UNIT_W=_unit_w(pred, x_t, x0),
-        num_warps=_WARPS,
+        num_warps=settings.current().wlf_warps,
     )
     return part.view(N, C * th * tw)
 
@@ -429,7 +413,7 @@ def _energy_bwd_triton(grad_e, pred, x_t, x0, sigma, weights, levels, need, weig
         *pred.stride(), *_strides(x_t), *x0.stride(),
         HAS_XT=x_t is not None, LEVELS=levels, BH=bh, BW=bw, ACC=_tl_acc(acc), UNIT_W=_unit_w(pred, x_t, x0),
         W_PRED=gp is not None, W_XT=gt is not None, W_X0=g0 is not None, W_SIGMA=part is not None,
-        num_warps=_WARPS,
+        num_warps=settings.current().wlf_warps,
     )
     gs = part.view(N, C * th * tw).sum(dim=1) if part is not None else None
     if energy:
@@ -597,7 +581,7 @@ def _rescale_torch_(g: torch.Tensor, go: torch.Tensor) -> torch.Tensor:
 # torch.library registration
 # --------------------------------------------------------------------------------------------
 def _use_triton(x: torch.Tensor) -> bool:
-    return backend.select(x) == "triton"
+    return backend.choose("wavelet_energy", x) == "triton"
 
 
 @torch.library.custom_op("d4k::wavelet_energy", mutates_args=())

@@ -27,16 +27,16 @@ Public API: :func:`tiled_decode`, :class:`ExactTiledDecoder`, :func:`parse_memor
 from __future__ import annotations
 
 import math
-import re
 import warnings
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .._checks import check_int, check_tensor
+from .._util import parse_memory
 
 __all__ = ["tiled_decode", "ExactTiledDecoder", "TilePlan", "parse_memory", "required_halo", "DEFAULT_MAX_MEMORY"]
 
@@ -167,27 +167,6 @@ def get_ops(device: torch.device, use_kernels: Optional[bool] = None):
 # ----------------------------------------------------------------------------------------------
 # memory sizes
 # ----------------------------------------------------------------------------------------------
-
-_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-
-
-def parse_memory(v: Union[int, float, str, None]) -> Optional[int]:
-    """Bytes from 8589934592, "8GiB", "8 GB", "512MiB" (None stays None)."""
-    if v is None:
-        return None
-    if isinstance(v, bool):
-        raise TypeError(f"max_memory must be bytes (int) or a string like '8GiB', got {v!r}")
-    if isinstance(v, (int, float)):
-        if v <= 0:
-            raise ValueError(f"max_memory must be positive, got {v!r}")
-        return int(v)
-    if isinstance(v, str):
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", v)
-        if m and m.group(2).lower() in _UNITS and float(m.group(1)) > 0:
-            return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-    raise ValueError(f"max_memory must be bytes (int) or a string like '8GiB' / '512MB', got {v!r}")
-
 
 # ----------------------------------------------------------------------------------------------
 # decoder structure
