@@ -1,7 +1,7 @@
 """GLCM counts, the paper's GLCM Score and graycoprops against skimage (graycomatrix, shannon_entropy,
-graycoprops), on every path: the compiled C++ kernel, the torch fallback, the Triton kernels (under
-the interpreter on the CPU: tiny images only; on CUDA when a GPU is present) and, with a GPU, the
-compiled CUDA score kernel (csrc/glcm_cuda.cu), which must equal the Triton kernel and the references."""
+graycoprops), on every path: the compiled C++ kernel, the torch fallback and the Triton kernels (under
+the interpreter on the CPU: tiny images only; on CUDA when a GPU is present); with a GPU also the
+compiled CUDA score kernel (csrc/glcm_cuda.cu). The GPU-only kernel checks are in tests/test_glcm_gpu.py."""
 import math
 import warnings
 
@@ -10,122 +10,16 @@ import pytest
 import torch
 
 skimage = pytest.importorskip("skimage")
-from skimage import data  # noqa: E402
 from skimage.feature import graycomatrix  # noqa: E402
 from skimage.measure import shannon_entropy  # noqa: E402
 
 import d4k_kernels  # noqa: E402
 from d4k_kernels import backend  # noqa: E402
-from d4k_kernels import _build  # noqa: E402
-from conftest import fake_extensions, setenv  # noqa: E402
+from conftest import setenv  # noqa: E402
 from d4k_kernels.ops import glcm as G  # noqa: E402
 from d4k_kernels.reference import glcm as R  # noqa: E402
-
-_HAS_CUDA = torch.cuda.is_available()
-_INTERP = backend.HAS_TRITON and backend.interpreter_enabled()
-
-
-# ------------------------------------------------------------------------------------------------
-# paths: "cpp" (compiled CPU kernel), "torch" (fallback), "triton" (interpreter / CUDA), "cuda" (the
-# compiled CUDA score kernel; counts still run the Triton kernel)
-# ------------------------------------------------------------------------------------------------
-def _cpp_available():
-    return backend.extension("glcm") is not None
-
-
-def _require_cuda_kernel():
-    """The CUDA extension must build on a GPU machine: a failure is reported, not skipped."""
-    if backend.extension("glcm_cuda", torch.device("cuda")) is None:
-        pytest.fail(f"the CUDA GLCM kernel did not build/load: {_build.failure('glcm_cuda')}")
-
-
-@pytest.fixture
-def use_path(monkeypatch):
-    """use_path(name) -> device; selects the implementation for the rest of the test."""
-    stack = []
-
-    def select(name):
-        if name == "cpp":
-            if not _cpp_available():
-                pytest.skip("compiled CPU extension unavailable here")
-            ctx = backend.prefer("cpu")
-            dev = torch.device("cpu")
-        elif name == "torch":
-            fake_extensions(monkeypatch, glcm=None)
-            ctx = backend.prefer("cpu")
-            dev = torch.device("cuda" if _HAS_CUDA else "cpu")
-        elif name == "triton":
-            if _HAS_CUDA:
-                dev = torch.device("cuda")
-            elif _INTERP:
-                dev = torch.device("cpu")
-            else:
-                pytest.skip("no Triton interpreter / GPU")
-            setenv(monkeypatch, "D4K_GLCM_CUDA", "0")   # the Triton kernels, not the CUDA score kernel
-            ctx = backend.prefer("triton")
-        elif name == "cuda":
-            if not _HAS_CUDA:
-                pytest.skip("needs a CUDA GPU")
-            setenv(monkeypatch, "D4K_GLCM_CUDA", "1")
-            _require_cuda_kernel()
-            dev = torch.device("cuda")
-            ctx = backend.prefer("triton")
-        else:
-            raise ValueError(name)
-        ctx.__enter__()
-        stack.append(ctx)
-        return dev
-
-    yield select
-    for ctx in reversed(stack):
-        ctx.__exit__(None, None, None)
-
-
-FULL_PATHS = ["cpp", "torch"] + (["triton", "cuda"] if _HAS_CUDA else [])
-ALL_PATHS = ["cpp", "torch", "triton"] + (["cuda"] if _HAS_CUDA else [])
-
-
-# ------------------------------------------------------------------------------------------------
-# helpers / images
-# ------------------------------------------------------------------------------------------------
-def _natural(size: int) -> np.ndarray:
-    """skimage sample images (8-bit gray) tiled up to size x size."""
-    cam = data.camera()
-    ast = data.astronaut()
-    ast_gray = ((ast[..., 0].astype(np.int32) * 9798 + ast[..., 1].astype(np.int32) * 19235
-                 + ast[..., 2].astype(np.int32) * 3735 + 16384) >> 15).astype(np.uint8)
-    coins = np.pad(data.coins(), ((0, 512 - 303), (0, 512 - 384)), mode="reflect")
-    tile = np.concatenate([np.concatenate([cam, ast_gray], 1), np.concatenate([coins, cam[::-1]], 1)], 0)
-    reps = -(-size // tile.shape[0])
-    return np.ascontiguousarray(np.tile(tile, (reps, reps))[:size, :size])
-
-
-def _mixed(rng, n_side=2) -> np.ndarray:
-    """64k x 64k image whose patches are random, few-level, constant, smooth, natural."""
-    kinds = []
-    nat = data.camera()
-    for i in range(n_side * n_side):
-        k = i % 5
-        if k == 0:
-            p = rng.integers(0, 256, (64, 64))
-        elif k == 1:
-            p = rng.choice(rng.integers(0, 256, 3), size=(64, 64))
-        elif k == 2:
-            p = np.full((64, 64), rng.integers(0, 256))
-        elif k == 3:
-            yy, xx = np.mgrid[0:64, 0:64]
-            p = (yy * rng.integers(1, 4) + xx * rng.integers(0, 3)) % 256
-        else:
-            r, c = rng.integers(0, 448, 2)
-            p = nat[r:r + 64, c:c + 64]
-        kinds.append(p.astype(np.uint8))
-    rows = [np.concatenate(kinds[r * n_side:(r + 1) * n_side], 1) for r in range(n_side)]
-    return np.concatenate(rows, 0)
-
-
-def _ref_scores(gray: np.ndarray, size: int, **kw) -> np.ndarray:
-    return R.patch_scores(gray, size=size, **kw)
-
+from glcm_support import (  # noqa: E402,F401  (use_path is a fixture)
+    ALL_PATHS, FULL_PATHS, HAS_CUDA, failing_builds, mixed_image, natural_image, ref_scores, use_path)
 
 # ------------------------------------------------------------------------------------------------
 # offsets and counts
@@ -140,7 +34,7 @@ def test_paper_offsets_follow_skimage_rounding():
 def test_counts_equal_skimage_random_settings(use_path, path, seed):
     dev = use_path(path)
     rng = np.random.default_rng(seed)
-    tiny = path == "triton" and not _HAS_CUDA
+    tiny = path == "triton" and not HAS_CUDA
     for trial in range(1 if tiny else 3):
         levels = int(rng.integers(2, 12 if tiny else 70))
         patch = int(rng.choice([8, 16] if tiny else [5, 16, 32]))
@@ -196,13 +90,13 @@ def test_score_mixed_patches_exact(use_path, path, seed):
     """random, few-level, constant, smooth and natural patches: <= 1e-12 from the skimage loop."""
     dev = use_path(path)
     rng = np.random.default_rng(seed)
-    tiny = path == "triton" and not _HAS_CUDA
-    img = _mixed(rng, n_side=1 if tiny else 4)
+    tiny = path == "triton" and not HAS_CUDA
+    img = mixed_image(rng, n_side=1 if tiny else 4)
     if tiny:
-        img = np.concatenate([img, _mixed(np.random.default_rng(seed + 2), 1)], 1)  # 2 patches
+        img = np.concatenate([img, mixed_image(np.random.default_rng(seed + 2), 1)], 1)  # 2 patches
     size = img.shape[0]
     out = G.glcm_score(torch.from_numpy(img).to(dev), size=size, reduction="none")
-    ref = _ref_scores(img, size)
+    ref = ref_scores(img, size)
     assert out.dtype == torch.float64 and out.device.type == dev.type
     np.testing.assert_allclose(out.cpu().numpy(), ref, rtol=0, atol=1e-12)
     mean = G.glcm_score(torch.from_numpy(img).to(dev), size=size)
@@ -248,7 +142,7 @@ def test_score_level_count_and_range_cases(use_path, path, seed):
     cases += [rng.integers(0, 256, (64, 64)).astype(np.uint8) for _ in range(side * side - len(cases))]
     img = np.concatenate([np.concatenate(cases[r * side:(r + 1) * side], 1) for r in range(side)], 0)
     out = G.glcm_score(torch.from_numpy(img).to(dev), size=64 * side, reduction="none")
-    ref = _ref_scores(img, 64 * side)
+    ref = ref_scores(img, 64 * side)
     assert out.shape == (side * side,)
     np.testing.assert_allclose(out.cpu().numpy(), ref, rtol=0, atol=1e-12)
 
@@ -265,7 +159,7 @@ def test_score_tiny_patches(use_path, path, patch, seed):
     img[:patch, :patch] = 7                                     # a constant patch: every count maximal
     kw = dict(patch=patch, levels=8, distances=(1, 2), angles=G.PAPER_ANGLES)
     out = G.glcm_score(torch.from_numpy(img).to(dev), size=size, reduction="none", **kw)
-    np.testing.assert_allclose(out.cpu().numpy(), _ref_scores(img, size, **kw), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(out.cpu().numpy(), ref_scores(img, size, **kw), rtol=0, atol=1e-12)
 
 
 def test_cpp_buffers_kept_between_calls(use_path, seed):
@@ -273,7 +167,7 @@ def test_cpp_buffers_kept_between_calls(use_path, seed):
     a row (paper, other offsets with the same table layout, other levels, paper again) each equal the
     torch path, i.e. no call sees what an earlier one left in the tables."""
     rng = np.random.default_rng(seed)
-    img = torch.from_numpy(np.stack([_mixed(rng, 2), rng.integers(0, 256, (128, 128)).astype(np.uint8)]))
+    img = torch.from_numpy(np.stack([mixed_image(rng, 2), rng.integers(0, 256, (128, 128)).astype(np.uint8)]))
     configs = [dict(), dict(distances=(1, 2, 3, 4), angles=(0.0, 0.2, 1.3, 2.9)), dict(levels=32),
                dict(patch=32), dict(), dict(distances=(1,), angles=(0.0,), levels=16)]
     got = []
@@ -325,7 +219,7 @@ def test_score_merges_equal_fractions_across_slices(use_path, path):
 @pytest.mark.parametrize("path", FULL_PATHS)
 def test_score_natural_2048(use_path, path):
     dev = use_path(path)
-    img = _natural(2048)
+    img = natural_image(2048)
     ref = _natural_ref_2048()
     out = G.glcm_score(torch.from_numpy(img).to(dev), reduction="none")
     assert out.shape == (1024,)
@@ -337,16 +231,16 @@ _REF_CACHE = {}
 
 def _natural_ref_2048():
     if "2048" not in _REF_CACHE:
-        _REF_CACHE["2048"] = _ref_scores(_natural(2048), 2048)
+        _REF_CACHE["2048"] = ref_scores(natural_image(2048), 2048)
     return _REF_CACHE["2048"]
 
 
 @pytest.mark.slow
 def test_score_natural_4096_cpp(use_path):
     use_path("cpp")
-    img = _natural(4096 + 64)
+    img = natural_image(4096 + 64)
     out = G.glcm_score(torch.from_numpy(img), size=4096, reduction="none")
-    ref = _ref_scores(img, 4096)
+    ref = ref_scores(img, 4096)
     np.testing.assert_allclose(out.numpy(), ref, rtol=0, atol=1e-12)
 
 
@@ -354,7 +248,7 @@ def test_score_natural_4096_cpp(use_path):
 def test_score_batch_options_and_crop(use_path, path, seed):
     dev = use_path(path)
     rng = np.random.default_rng(seed)
-    tiny = path == "triton" and not _HAS_CUDA
+    tiny = path == "triton" and not HAS_CUDA
     h, w = (80, 70) if tiny else (200, 150)
     size, patch, levels = (32, 32, 16) if tiny else (128, 32, 32)
     imgs = rng.integers(0, 256, (2, h, w)).astype(np.uint8)
@@ -362,7 +256,7 @@ def test_score_batch_options_and_crop(use_path, path, seed):
     dist, ang = (1, 3), (0.0, math.pi / 2, 2.0)
     x = torch.from_numpy(imgs).to(dev)
     out = G.glcm_score(x, size=size, patch=patch, levels=levels, distances=dist, angles=ang, reduction="none")
-    ref = np.stack([_ref_scores(im, size, patch=patch, levels=levels, distances=dist, angles=ang) for im in imgs])
+    ref = np.stack([ref_scores(im, size, patch=patch, levels=levels, distances=dist, angles=ang) for im in imgs])
     assert tuple(out.shape) == ref.shape
     np.testing.assert_allclose(out.cpu().numpy(), ref, rtol=0, atol=1e-12)
     mean = G.glcm_score(x, size=size, patch=patch, levels=levels, distances=dist, angles=ang)
@@ -374,7 +268,7 @@ def test_score_non_contiguous_and_int_dtypes(use_path, seed):
     rng = np.random.default_rng(seed)
     img = rng.integers(0, 256, (128, 128)).astype(np.uint8)
     img[:64] //= 32
-    ref = _ref_scores(img, 128)
+    ref = ref_scores(img, 128)
     t = torch.from_numpy(np.ascontiguousarray(img.T)).t()
     np.testing.assert_allclose(G.glcm_score(t, size=128, reduction="none").numpy(), ref, rtol=0, atol=1e-12)
     for dt in (torch.int16, torch.int32, torch.int64):
@@ -389,7 +283,7 @@ def test_paths_agree_on_random_config(use_path, seed):
     kw = dict(size=96, patch=48, levels=8, distances=(1, 60), angles=(0.5, 3.0), reduction="none")
     use_path("cpp")
     a = G.glcm_score(img, **kw)
-    ref = np.stack([_ref_scores(im, 96, patch=48, levels=8, distances=(1, 60), angles=(0.5, 3.0))
+    ref = np.stack([ref_scores(im, 96, patch=48, levels=8, distances=(1, 60), angles=(0.5, 3.0))
                     for im in img.numpy()])
     np.testing.assert_allclose(a.numpy(), ref, rtol=0, atol=1e-12)
     use_path("torch")
@@ -407,7 +301,7 @@ def test_torch_compile_fullgraph_cpu(use_path, seed):
 
     torch._dynamo.reset()
     got = torch.compile(f, fullgraph=True, backend="eager")(img)
-    np.testing.assert_allclose(got.numpy(), 2 * _ref_scores(img[0].numpy(), 128).mean(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(got.numpy(), 2 * ref_scores(img[0].numpy(), 128).mean(), rtol=0, atol=1e-12)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -493,26 +387,9 @@ def test_bad_inputs_name_the_value():
         G.glcm(q // 2, distances=[])
 
 
-def _failing_builds(monkeypatch, reason):
-    """Every extension build fails with ``reason`` (a fresh load/failure record, restored after the
-    test); returns the (name, sources, ops_namespace) of each build tried."""
-    from d4k_kernels import _build
-
-    calls = []
-
-    def failing_build(name, sources, cflags, cuda_cflags, ldflags, ops_namespace=None):
-        calls.append((name, tuple(sources), ops_namespace))
-        raise RuntimeError(reason)
-
-    monkeypatch.setattr(_build, "_build", failing_build)
-    monkeypatch.setattr(_build, "_loaded", {})
-    monkeypatch.setattr(_build, "_failed", {})
-    return calls
-
-
 def test_fallback_warns_once(monkeypatch, seed):
     setenv(monkeypatch, "D4K_NO_EXT")
-    _failing_builds(monkeypatch, "no compiler here")
+    failing_builds(monkeypatch, "no compiler here")
     img = torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (64, 64)).astype(np.uint8))
     with backend.prefer("cpu"):
         with pytest.warns(RuntimeWarning, match="torch fallback"):
@@ -520,84 +397,13 @@ def test_fallback_warns_once(monkeypatch, seed):
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             b = G.glcm_score(img, size=64)
-    assert abs(float(a) - _ref_scores(img.numpy(), 64)[0]) <= 1e-12 and float(a) == float(b)
-
-
-_COMPILE_SCRIPT = r"""
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from d4k_kernels import settings
-from d4k_kernels.ops import _glcm_triton as GT
-ptr = {"g_ptr": "*u8", "off_ptr": "*i32", "out_ptr": "*i32", "key_ptr": "*i32", "mult_ptr": "*i32",
-       "nacc_ptr": "*i32", "flog_ptr": "*fp64"}
-def comp(kern, const, over=None):
-    names = kern.arg_names
-    sig = {n: "constexpr" if n in const else ptr.get(n, "i64" if n.startswith("s_") else "i32") for n in names}
-    sig.update(over or {})
-    consts = {(names.index(n),): v for n, v in const.items()}
-    k = triton.compile(ASTSource(fn=kern, signature=sig, constexprs=consts),
-                       target=GPUTarget("cuda", 90, 32), options={"num_warps": settings.current().glcm_warps})
-    assert "ptx" in k.asm
-for score in (True, False):
-    for L, P in ((64, 64), (256, 32), (10, 16)):
-        bl, nb = GT._tiles(L)
-        for g in (1, 2):
-            comp(GT._glcm_tile_kernel, dict(P=P, L=L, BL=bl, BK=GT._bk(P, __import__("torch").device("cuda")),
-                                            NB=nb, SCORE=score, G=g))
-comp(GT._flog_sum_kernel, dict(BLOCK=1024), {"out_ptr": "*fp64"})
-for score in (True, False):
-    for L, P in ((64, 64), (10, 16), (128, 32)):
-        plan = __import__("d4k_kernels.ops.glcm", fromlist=["_plan"])._plan(P, ((0, 1), (1, 1), (3, -3)), L)
-        llb, nb, bk = GT._hist_sizes(plan)
-        comp(GT._glcm_hist_kernel, dict(P=P, L=L, LLB=llb, NB=nb, BK=bk, SCORE=score))
-print("compiled")
-"""
-
-
-@pytest.mark.skipif(not backend.HAS_TRITON, reason="needs triton")
-def test_triton_kernels_compile_for_sm90():
-    """The GPU compiler (sm_90, no GPU needed) accepts the kernels the interpreter runs: the int8
-    one-hot dot, the integer atomics and the float64 table sum."""
-    from gpu_compile import assert_compiles_for_sm90
-
-    assert_compiles_for_sm90(_COMPILE_SCRIPT)
-
-
-@pytest.mark.cuda
-def test_cuda_triton_matches_other_paths_large(monkeypatch):
-    """4096^2 and a batch of 16 2048^2 natural images on the GPU: the Triton kernels equal the
-    vectorised torch path run on the same CUDA tensors, and the skimage loop on sampled patches."""
-    setenv(monkeypatch, "D4K_GLCM_CUDA", "0")   # Triton here; the CUDA kernel has its own test below
-    img = _natural(4096)
-    x = torch.from_numpy(img).cuda()
-    with backend.prefer("triton"):
-        gpu = G.glcm_score(x, size=4096, reduction="none")
-        counts = G.glcm(x[:512, :512] // 4)
-    with backend.prefer("cpu"):
-        other = G.glcm_score(x, size=4096, reduction="none")   # torch fallback on CUDA
-        counts_other = G.glcm(x[:512, :512] // 4)
-    np.testing.assert_allclose(gpu.cpu().numpy(), other.cpu().numpy(), rtol=0, atol=1e-12)
-    np.testing.assert_array_equal(counts.cpu().numpy(), counts_other.cpu().numpy())
-    rng = np.random.default_rng(0)
-    q = img // 4
-    for i in rng.choice(4096, 16, replace=False):
-        r, c = divmod(int(i), 64)
-        p = q[r * 64:(r + 1) * 64, c * 64:(c + 1) * 64]
-        ref = shannon_entropy(graycomatrix(p, [1, 2, 3, 4], list(G.PAPER_ANGLES), levels=64, normed=True))
-        assert abs(float(gpu[i]) - ref) <= 1e-12
-    batch = torch.from_numpy(np.stack([np.roll(_natural(2048), 7 * i, 1) for i in range(16)])).cuda()
-    with backend.prefer("triton"):
-        s = G.glcm_score(batch)
-    with backend.prefer("cpu"):
-        s_other = G.glcm_score(batch)
-    np.testing.assert_allclose(s.cpu().numpy(), s_other.cpu().numpy(), rtol=0, atol=1e-12)
+    assert abs(float(a) - ref_scores(img.numpy(), 64)[0]) <= 1e-12 and float(a) == float(b)
 
 
 def test_cpp_threads_give_same_result(use_path, seed):
     use_path("cpp")
     rng = np.random.default_rng(seed)
-    img = torch.from_numpy(np.stack([_mixed(rng, 4), _natural(256)]))
+    img = torch.from_numpy(np.stack([mixed_image(rng, 4), natural_image(256)]))
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -611,42 +417,13 @@ def test_cpp_threads_give_same_result(use_path, seed):
     assert torch.equal(one, two) and torch.equal(c1, c2)
 
 
-@pytest.mark.parametrize("kernel,g", [("hist", 1), ("dot", 1), ("dot", 2)])
-def test_triton_kernel_variants(use_path, monkeypatch, kernel, g, seed):
-    """Every Triton variant: the histogram kernel, the one-hot dot kernel with one or two offsets per
-    program (sharing the one-hot tile), with an odd number of distinct offsets."""
-    from d4k_kernels.ops import _glcm_triton as GT
-
-    dev = use_path("triton")
-    setenv(monkeypatch, "D4K_GLCM_G", str(g))
-    setenv(monkeypatch, "D4K_GLCM_KERNEL", kernel)
-    assert GT._kernel() == kernel
-    rng = np.random.default_rng(seed)
-    q = rng.integers(0, 10, (1, 32, 48)).astype(np.uint8)
-    dist, ang = (1, 2), (0.0, math.pi / 2, math.pi / 4)   # 5 distinct offsets
-    assert len(set(G.offsets_of(dist, ang))) % 2 == 1
-    c = G.glcm(torch.from_numpy(q).to(dev), patch=16, distances=dist, angles=ang, levels=10)
-    np.testing.assert_array_equal(c.cpu().numpy()[0], R.glcm_counts(q[0], 16, dist, ang, 10))
-    img = (q[0, :32, :32] * 25).astype(np.uint8)
-    s = G.glcm_score(torch.from_numpy(img).to(dev), size=32, patch=16, levels=16, distances=dist, angles=ang,
-                     reduction="none")
-    ref = _ref_scores(img, 32, patch=16, levels=16, distances=dist, angles=ang)
-    np.testing.assert_allclose(s.cpu().numpy(), ref, rtol=0, atol=1e-12)
-    # the paper's configuration on a constant and a natural patch
-    two = np.concatenate([np.full((64, 64), 77, np.uint8), data.camera()[200:264, 300:364]], 1)
-    s2 = G.glcm_score(torch.from_numpy(two).to(dev), size=64, reduction="none")
-    s2b = G.glcm_score(torch.from_numpy(np.ascontiguousarray(two[:, 64:])).to(dev), size=64, reduction="none")
-    np.testing.assert_allclose(s2.cpu().numpy(), _ref_scores(two, 64), rtol=0, atol=1e-12)
-    np.testing.assert_allclose(s2b.cpu().numpy(), _ref_scores(two[:, 64:], 64), rtol=0, atol=1e-12)
-
-
 @pytest.mark.parametrize("path", ALL_PATHS)
 def test_many_levels_and_large_patch(use_path, path, seed):
     """256 levels (tiled level blocks in Triton) and, on the CPU paths, a 256x256 patch (counts
     above 65535 cells: 32-bit tables in C++)."""
     dev = use_path(path)
     rng = np.random.default_rng(seed)
-    tiny = path == "triton" and not _HAS_CUDA
+    tiny = path == "triton" and not HAS_CUDA
     patch = 16 if tiny else 256
     img = rng.integers(0, 256, (patch, patch)).astype(np.uint8)
     img[: patch // 2] = img[: patch // 2] // 128 * 200    # two levels in the top half
@@ -655,7 +432,7 @@ def test_many_levels_and_large_patch(use_path, path, seed):
     np.testing.assert_array_equal(c.cpu().numpy(), R.glcm_counts(img, patch, dist, ang, 256))
     s = G.glcm_score(torch.from_numpy(img).to(dev), size=patch, patch=patch, levels=256, distances=dist,
                      angles=ang, reduction="none")
-    ref = _ref_scores(img, patch, patch=patch, levels=256, distances=dist, angles=ang)
+    ref = ref_scores(img, patch, patch=patch, levels=256, distances=dist, angles=ang)
     np.testing.assert_allclose(s.cpu().numpy(), ref, rtol=0, atol=1e-12)
 
 
@@ -665,7 +442,7 @@ def test_one_and_two_levels_and_empty_batch(use_path, path, seed):
     img = np.random.default_rng(seed).integers(0, 256, (32, 32)).astype(np.uint8)
     for lv in (1, 2):
         s = G.glcm_score(torch.from_numpy(img).to(dev), size=32, patch=16, levels=lv, reduction="none")
-        np.testing.assert_allclose(s.cpu().numpy(), _ref_scores(img, 32, patch=16, levels=lv), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(s.cpu().numpy(), ref_scores(img, 32, patch=16, levels=lv), rtol=0, atol=1e-12)
         q = (img.astype(np.int32) // (256 // lv)).astype(np.uint8)
         c = G.glcm(torch.from_numpy(q).to(dev), patch=16, levels=lv)
         np.testing.assert_array_equal(c.cpu().numpy(),
@@ -677,199 +454,36 @@ def test_one_and_two_levels_and_empty_batch(use_path, path, seed):
 
 
 # ------------------------------------------------------------------------------------------------
-# the CUDA score kernel (csrc/glcm_cuda.cu): routing and fallback (CPU), equality with Triton (GPU)
+# the registered ops
 # ------------------------------------------------------------------------------------------------
-_PAPER_PLAN = G._plan(64, tuple(G.offsets_of(G.PAPER_DISTANCES, G.PAPER_ANGLES)), 64)
-
-
-class _FakeCudaExt:
-    """Stands in for torch.ops.d4k_glcm_cuda in routing tests (no GPU needed)."""
-
-    def __init__(self, limit=232448):
-        self.limit = limit
-
-    def max_smem(self, device):
-        return self.limit
-
-    def smem_bytes(self, patch, levels, nkeys, nacc16):  # the layout of csrc/glcm_cuda.cu
-        return 4 * levels * levels + 4 * ((nkeys + 1) // 2 if nacc16 else nkeys) + -(-patch * patch // 16) * 16 + 256
-
-
-def test_cuda_routing_env_fit_and_fallback(monkeypatch):
-    """_cuda_choice: the CUDA kernel for CUDA tensors when enabled, built and fitting shared memory;
-    None (-> Triton) with D4K_GLCM_CUDA=0, a failed build, too little shared memory, or a CPU tensor."""
-    fake = _FakeCudaExt()
-    fake_extensions(monkeypatch, glcm_cuda=fake)
-    monkeypatch.setattr(G, "_SMEM", {})
-    for var in ("D4K_GLCM_CUDA", "D4K_GLCM_CUDA_THREADS", "D4K_GLCM_CUDA_NACC16"):
-        setenv(monkeypatch, var)
-    cuda0 = torch.device("cuda", 0)
-    plan = _PAPER_PLAN
-    assert G._cuda_choice(cuda0, plan) == (fake, 512, True)
-    assert G._cuda_choice(torch.device("cpu"), plan) is None
-    setenv(monkeypatch, "D4K_GLCM_CUDA_THREADS", "256")
-    setenv(monkeypatch, "D4K_GLCM_CUDA_NACC16", "0")
-    assert G._cuda_choice(cuda0, plan) == (fake, 256, False)
-    setenv(monkeypatch, "D4K_GLCM_CUDA", "0")
-    assert G._cuda_choice(cuda0, plan) is None
-    setenv(monkeypatch, "D4K_GLCM_CUDA", "1")
-    # 32-bit multiplicities of the paper's plan need ~127 KB, 16-bit ones ~74 KB
-    monkeypatch.setattr(G, "_SMEM", {})
-    fake.limit = 100 * 1024
-    assert G._cuda_choice(cuda0, plan) is None
-    setenv(monkeypatch, "D4K_GLCM_CUDA_NACC16")
-    assert G._cuda_choice(cuda0, plan) == (fake, 256, True)
-    monkeypatch.setattr(G, "_SMEM", {})
-    fake.limit = 48 * 1024
-    assert G._cuda_choice(cuda0, plan) is None
-    fake_extensions(monkeypatch, glcm_cuda=None)   # build failed / no GPU
-    assert G._cuda_choice(cuda0, plan) is None
-
-
-def test_cuda_build_failure_warns_once(monkeypatch):
-    """A failed build of the CUDA extension warns once and leaves the score to Triton."""
-    setenv(monkeypatch, "D4K_NO_EXT")
-    setenv(monkeypatch, "D4K_GLCM_CUDA")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(_build, "cuda_arch_flags", lambda device=None: [])
-    calls = _failing_builds(monkeypatch, "nvcc exploded")
-    monkeypatch.setattr(G, "_SMEM", {})
-    with pytest.warns(RuntimeWarning, match="CUDA score kernel is unavailable.*nvcc exploded.*Triton"):
-        assert backend.extension("glcm_cuda", torch.device("cuda", 0)) is None
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert G._cuda_choice(torch.device("cuda", 0), _PAPER_PLAN) is None
-    assert calls[0] == ("glcm_cuda", ("bindings/glcm_cuda.cpp", "csrc/glcm_cuda.cu"), "d4k_glcm_cuda")
-
-
-def test_cuda_sources_are_found_and_torch_free():
-    """The CUDA sources ship like the CPU ones; the .cu does not include torch headers, the binding no
-    c10/cuda header (so it builds with torch/library.h only)."""
-    from d4k_kernels import _build
-
-    cu = _build.find_source("csrc/glcm_cuda.cu").read_text()
-    bind = _build.find_source("bindings/glcm_cuda.cpp").read_text()
-    assert "#include <torch" not in cu and "#include <ATen" not in cu and "#include <c10" not in cu
-    includes = [ln for ln in bind.splitlines() if ln.startswith("#include")]
-    assert not any("cuda" in ln for ln in includes), includes
-    assert "TORCH_LIBRARY(d4k_glcm_cuda" in bind
-
-
-def test_nacc16_exact_bound():
-    """16-bit multiplicities only where no value can occur more than 65535 times in a patch."""
-    assert G._nacc16_exact(_PAPER_PLAN)                       # T = 65536: zeros <= 65520
-    assert G._nacc16_exact(G._plan(16, ((0, 1), (1, 0)), 8))
-    assert not G._nacc16_exact(G._plan(64, ((0, 1), (1, 0), (1, 1), (0, 2), (2, 0)), 256))  # T = 327680
-    # 16 slices of one offset on 64x64 patches, 64 levels: zeros <= T - 16, any other value in at most
-    # 16 * 4032 cells; 17 slices: T - 17 > 65535
-    assert G._nacc16_exact(G._plan(64, ((0, 1),) * 16, 64))
-    assert not G._nacc16_exact(G._plan(64, ((0, 1),) * 17, 64))
-
-
-def _cuda_scores_both(x, monkeypatch, **kw):
-    """(CUDA kernel, Triton kernel) scores of the same CUDA tensor."""
-    setenv(monkeypatch, "D4K_GLCM_CUDA", "1")
-    with backend.prefer("triton"):
-        a = G.glcm_score(x, reduction="none", **kw)
-    setenv(monkeypatch, "D4K_GLCM_CUDA", "0")
-    with backend.prefer("triton"):
-        b = G.glcm_score(x, reduction="none", **kw)
-    setenv(monkeypatch, "D4K_GLCM_CUDA", "1")
-    return a, b
-
-
-@pytest.mark.cuda
-def test_cuda_kernel_equals_triton_and_references(monkeypatch, seed):
-    """Random configurations (levels 1..256, odd patches, distances past the patch, random angles),
-    batches, non-contiguous views, constant and few-level images: the CUDA kernel equals the Triton
-    kernel, the torch path on the same CUDA tensors and the skimage loop to 1e-12, for every
-    thread count and both widths of the multiplicities."""
-    _require_cuda_kernel()
-    dev = torch.device("cuda")
+@pytest.mark.parametrize("path", ["cpp", "torch", "triton"])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64])
+def test_registered_ops_opcheck(use_path, path, dtype, seed):
+    """torch.library.opcheck (schema, fake tensor, autograd registration, AOT dispatch) of
+    d4k::glcm_counts and d4k::glcm_patch_scores on the compiled C++ kernel, the torch fallback and the
+    Triton kernels (the interpreter on the CPU), for integer dtypes and a non-contiguous view of the
+    same image, which gives the same counts and the skimage loop's scores."""
+    dev = use_path(path)
     rng = np.random.default_rng(seed)
-    used = 0
-    for trial in range(24):
-        levels = int(rng.choice([1, 2, 4, 8, 16, 32, 64, 128]))
-        patch = int(rng.choice([5, 16, 17, 31, 33, 64]))
-        nd, na = int(rng.integers(1, 4)), int(rng.integers(1, 5))
-        dist = [float(v) for v in rng.choice([0, 1, 2, 2.5, 3, 7, 40, 70], nd, replace=False)]
-        ang = [float(v) for v in rng.uniform(-math.pi, 2 * math.pi, na)]
-        n, side = int(rng.integers(1, 4)), int(rng.integers(1, 4))
-        size = patch * side
-        x = rng.integers(0, 256, (n, size + 3, size + 5)).astype(np.uint8)
-        if trial % 3 == 0:
-            x = (x // 85 * 85).astype(np.uint8)          # few levels
-        if trial % 4 == 1:
-            x[:, : size // 2] = x[:, :1]                  # flat rows
-        if trial % 6 == 2:
-            x[:] = x[0, 0, 0]                             # constant
-        xt = torch.from_numpy(x).to(dev)
-        if trial % 2:
-            xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 2, 1))).to(dev).transpose(1, 2)
-            assert not xt.is_contiguous()
-        kw = dict(size=size, patch=patch, levels=levels, distances=dist, angles=ang)
-        plan = G._plan(patch, tuple(G.offsets_of(dist, ang)), levels)
-        used += G._cuda_choice(dev, plan) is not None
-        for threads, n16 in ((512, "1"), (256, "0"), (1024, "1")):
-            setenv(monkeypatch, "D4K_GLCM_CUDA_THREADS", str(threads))
-            setenv(monkeypatch, "D4K_GLCM_CUDA_NACC16", n16)
-            a, b = _cuda_scores_both(xt, monkeypatch, **kw)
-            np.testing.assert_allclose(a.cpu().numpy(), b.cpu().numpy(), rtol=0, atol=1e-12)
-        with backend.prefer("cpu"):
-            c = G.glcm_score(xt, reduction="none", **kw)
-        np.testing.assert_allclose(a.cpu().numpy(), c.cpu().numpy(), rtol=0, atol=1e-12)
-        if trial < 8:
-            ref = np.stack([_ref_scores(im, size, patch=patch, levels=levels, distances=dist, angles=ang)
-                            for im in xt.cpu().numpy()])
-            np.testing.assert_allclose(a.cpu().numpy(), ref, rtol=0, atol=1e-12)
-    assert used >= 12, "the CUDA kernel was not chosen for most configurations"
-
-
-@pytest.mark.cuda
-def test_cuda_kernel_natural_4096_and_batch(monkeypatch):
-    """The paper's configuration on a natural 4096^2 image and 16 2048^2 images: the CUDA kernel equals
-    the Triton kernel and the torch path (<= 1e-12; float64 summation order only), the skimage loop on
-    sampled patches, and gives the same bits on a second run (fixed-order reduction)."""
-    _require_cuda_kernel()
-    dev = torch.device("cuda")
-    assert G._cuda_choice(dev, _PAPER_PLAN) is not None
-    img = _natural(4096)
-    x = torch.from_numpy(img).to(dev)
-    a, b = _cuda_scores_both(x, monkeypatch, size=4096)
-    np.testing.assert_allclose(a.cpu().numpy(), b.cpu().numpy(), rtol=0, atol=1e-12)
-    with backend.prefer("cpu"):
-        c = G.glcm_score(x, size=4096, reduction="none")
-    np.testing.assert_allclose(a.cpu().numpy(), c.cpu().numpy(), rtol=0, atol=1e-12)
-    with backend.prefer("triton"):
-        assert torch.equal(a, G.glcm_score(x, size=4096, reduction="none"))
-    q = img // 4
-    for i in np.random.default_rng(0).choice(4096, 16, replace=False):
-        r, cc = divmod(int(i), 64)
-        p = q[r * 64:(r + 1) * 64, cc * 64:(cc + 1) * 64]
-        ref = shannon_entropy(graycomatrix(p, [1, 2, 3, 4], list(G.PAPER_ANGLES), levels=64, normed=True))
-        assert abs(float(a[i]) - ref) <= 1e-12
-    batch = torch.from_numpy(np.stack([np.roll(_natural(2048), 7 * i, 1) for i in range(16)])).to(dev)
-    a, b = _cuda_scores_both(batch, monkeypatch)
-    np.testing.assert_allclose(a.cpu().numpy(), b.cpu().numpy(), rtol=0, atol=1e-12)
-
-
-@pytest.mark.cuda
-def test_cuda_kernel_disabled_or_missing_falls_back_to_triton(monkeypatch, seed):
-    """D4K_GLCM_CUDA=0 or a failed build (loader returns None): the Triton kernel computes the score."""
-    dev = torch.device("cuda")
-    img = torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (128, 128)).astype(np.uint8)).to(dev)
-    ref = _ref_scores(img.cpu().numpy(), 128)
-
-    def boom(*a, **k):
-        raise AssertionError("the CUDA kernel ran")
-
-    monkeypatch.setattr(G, "_cuda_scores", boom)
-    setenv(monkeypatch, "D4K_GLCM_CUDA", "0")
-    with backend.prefer("triton"):
-        s = G.glcm_score(img, size=128, reduction="none")
-    np.testing.assert_allclose(s.cpu().numpy(), ref, rtol=0, atol=1e-12)
-    setenv(monkeypatch, "D4K_GLCM_CUDA", "1")
-    fake_extensions(monkeypatch, glcm_cuda=None)
-    with backend.prefer("triton"):
-        s = G.glcm_score(img, size=128, reduction="none")
-    np.testing.assert_allclose(s.cpu().numpy(), ref, rtol=0, atol=1e-12)
+    patch, levels = (16, 8) if path == "triton" and not HAS_CUDA else (32, 16)
+    dist, ang = (1, 2), (0.0, math.pi / 4, math.pi / 2)
+    offs = G._flat(G.offsets_of(dist, ang))
+    img = rng.integers(0, 128, (2, 2 * patch, 2 * patch)).astype(np.uint8)   # values int8 can hold
+    x = torch.from_numpy(img).to(dtype).to(dev)
+    view = x.transpose(1, 2).contiguous().transpose(1, 2)
+    assert not view.is_contiguous() and torch.equal(view, x)
+    counts_op, scores_op = torch.ops.d4k.glcm_counts.default, torch.ops.d4k.glcm_patch_scores.default
+    qdiv = 256 // levels
+    ref = np.stack([ref_scores(im, 2 * patch, patch=patch, levels=levels, distances=dist, angles=ang) for im in img])
+    counts = []
+    for t in (x, view):
+        q = t // qdiv
+        torch.library.opcheck(counts_op, (q, patch, offs, levels, 1))
+        torch.library.opcheck(scores_op, (t, patch, offs, levels, qdiv))
+        counts.append(counts_op(q, patch, offs, levels, 1))
+        s = scores_op(t, patch, offs, levels, qdiv)
+        assert s.dtype == torch.float64 and s.shape == (2, 4)
+        np.testing.assert_allclose(s.cpu().numpy(), ref, rtol=0, atol=1e-12)
+    n_offsets = len(set(G.offsets_of(dist, ang)))
+    assert counts[0].dtype == torch.int32 and counts[0].shape == (2, 4, n_offsets, levels, levels)
+    assert torch.equal(counts[0], counts[1])

@@ -70,6 +70,7 @@ def cases(device: torch.device, quick: bool = False) -> List[Case]:
     from ..ops import glcm as G
 
     out: List[Case] = []
+    plan = G._plan(64, tuple(G.offsets_of(G.PAPER_DISTANCES, G.PAPER_ANGLES)), 64)   # the paper's
     if device.type == "cuda":
         shapes = [(1, 512)] if quick else [(1, 4096), (16, 2048)]
         for n, size in shapes:
@@ -84,8 +85,8 @@ def cases(device: torch.device, quick: bool = False) -> List[Case]:
                     return G.glcm_score(x, size=size)
 
             def fallback(x=x, size=size):
-                with backend.prefer("cpu"):
-                    return G._torch_scores(x[:, :size, :size], G._plan(64, tuple(G.offsets_of(G.PAPER_DISTANCES, G.PAPER_ANGLES)), 64), 4)
+                with backend.prefer("cpu"):           # CUDA tensors: the vectorised torch path
+                    return G.glcm_score(x, size=size)
 
             def variant(cuda, kernel="dot", g=1, x=x, size=size):
                 """cuda=True: the CUDA score kernel; else the Triton kernel ``kernel`` (G offsets/program)."""
@@ -94,11 +95,8 @@ def cases(device: torch.device, quick: bool = False) -> List[Case]:
                         return G.glcm_score(x, size=size)
                 return fn
 
-            from ..ops import _glcm_triton as GT
-
-            plan = G._plan(64, tuple(G.offsets_of(G.PAPER_DISTANCES, G.PAPER_ANGLES)), 64)
-            choice = G._cuda_choice(device, plan)       # builds the CUDA extension on first use
-            picked = "CUDA kernel" if choice is not None else f"Triton {GT._kernel()} kernel"
+            choice = G.cuda_choice(device, plan)       # builds the CUDA extension on first use
+            picked = "CUDA kernel" if choice is not None else f"Triton {G.counting_kernel()} kernel"
             out.append(Case(group, "d4k", d4k, bytes_moved=nbytes,
                             note=f"what glcm_score runs: {picked} (D4K_GLCM_CUDA, D4K_GLCM_KERNEL)"))
             if choice is not None:
@@ -139,7 +137,6 @@ def cases(device: torch.device, quick: bool = False) -> List[Case]:
         out.append(Case(group, "d4k C++ 2 threads", _threads(2, cpp), bytes_moved=nbytes))
     tsize = min(size, 512)
     tx = x[:, :tsize, :tsize]
-    plan = G._plan(64, tuple(G.offsets_of(G.PAPER_DISTANCES, G.PAPER_ANGLES)), 64)
     scale = npatch // ((tsize // 64) ** 2)
     out.append(Case(group, "d4k torch fallback 1 thread" + (f", {tsize}^2 crop (x{scale})" if scale > 1 else ""),
                     _threads(1, lambda: G._torch_scores(tx, plan, 4)), bytes_moved=nbytes, work_fraction=1 / scale))

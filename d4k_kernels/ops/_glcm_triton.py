@@ -1,5 +1,9 @@
 """Triton kernels of ops/glcm.py (CUDA, or the CPU under the Triton interpreter).
 
+ops/glcm.py builds the per-configuration tables (the plan, the fraction-id table, the offsets that
+can pair inside a patch) and calls the launchers here: :func:`triton_counts` (the counts op) and
+:func:`triton_scores` (the score op), with the counting kernel it picked (``kernel``).
+
 Two ways to count without float atomics; D4K_GLCM_KERNEL=hist|dot picks one (default dot on GPUs, hist under the
 interpreter; the dot kernel also serves configurations whose bins do not fit shared memory, e.g. 256 levels):
 
@@ -183,18 +187,12 @@ _BK_INTERPRET = 1024  # under the interpreter fewer, larger numpy steps are much
 _HIST_BK = 1024
 
 
-def _kernel() -> str:
-    """"hist" (tl.histogram) or "dot" (one-hot int8 dot): dot on GPUs (27.6 vs 55.9 ms for 4096^2 on an
-    H200), hist under the interpreter, unless D4K_GLCM_KERNEL says otherwise."""
-    cfg = settings.current()
-    return cfg.glcm_kernel or ("hist" if cfg.interpreter else "dot")
-
-
-def _use_hist(plan) -> bool:
-    """The histogram kernel keeps L*L code bins and N+1 count bins in shared memory."""
+def _use_hist(plan, kernel: str) -> bool:
+    """Whether the histogram kernel runs: asked for (``kernel == "hist"``) and its L*L code bins and
+    N+1 count bins fit shared memory (else the dot kernel runs)."""
     llb = triton.next_power_of_2(plan.levels * plan.levels)
     nb = triton.next_power_of_2(max(plan.totals) + 1)
-    return _kernel() == "hist" and llb <= 16384 and nb <= 16384
+    return kernel == "hist" and llb <= 16384 and nb <= 16384
 
 
 def _hist_sizes(plan):
@@ -219,35 +217,9 @@ def _geom(g: torch.Tensor, patch: int):
     return n * ppi, ppi, pw
 
 
-def _kept(plan):
-    """Distinct offsets that can have a pair inside a patch (others count nothing)."""
-    return [u for u, (dr, dc) in enumerate(plan.uoffsets) if abs(dr) < plan.patch and abs(dc) < plan.patch]
-
-
-_SCORE_TABLES = {}
-
-
-def _score_tables(plan, device, keytab, mult):
-    """Offsets / id table / multiplicities of the offsets that can pair inside a patch (cached per
-    plan and device: no host-to-device copies per call)."""
-    key = (id(plan), str(device))
-    hit = _SCORE_TABLES.get(key)
-    if hit is not None and hit[0] is plan:
-        return hit[1]
-    kept = _kept(plan)
-    offs = torch.tensor([plan.uoffsets[u] for u in kept] or [(0, 0)], dtype=torch.int32, device=device)
-    kidx = torch.tensor(kept or [0], dtype=torch.long, device=device)
-    kt = keytab.index_select(0, kidx).contiguous()
-    mu = mult.index_select(0, kidx).contiguous()
-    cells = plan.levels * plan.levels
-    zeros_extra = sum(plan.mult[u] for u in range(len(plan.uoffsets)) if u not in kept) * cells
-    val = (kept, offs, kt, mu, zeros_extra)
-    _SCORE_TABLES[key] = (plan, val)
-    return val
-
-
-def triton_counts(g: torch.Tensor, plan, qdiv: int) -> torch.Tensor:
-    """(N, H, W) integer image -> (N*P, U, L, L) int32 counts of the plan's distinct offsets."""
+def triton_counts(g: torch.Tensor, plan, qdiv: int, offs: torch.Tensor, kernel: str) -> torch.Tensor:
+    """(N, H, W) integer image -> (N*P, U, L, L) int32 counts of the plan's distinct offsets
+    (``offs``: those offsets, (U, 2) int32 on g's device)."""
     cfg = settings.current()
     L, P = plan.levels, plan.patch
     np_, ppi, pw = _geom(g, P)
@@ -255,8 +227,7 @@ def triton_counts(g: torch.Tensor, plan, qdiv: int) -> torch.Tensor:
     out = torch.zeros((np_, U, L, L), dtype=torch.int32, device=g.device)
     if np_ == 0:
         return out
-    offs = torch.tensor(plan.uoffsets, dtype=torch.int32, device=g.device).reshape(-1, 2)
-    if _use_hist(plan):
+    if _use_hist(plan, kernel):
         llb, nbins, hbk = _hist_sizes(plan)
         _glcm_hist_kernel[(np_, U)](
             g, g.stride(0), g.stride(1), g.stride(2), offs, out, offs, offs, 0, 0,
@@ -275,16 +246,16 @@ def triton_counts(g: torch.Tensor, plan, qdiv: int) -> torch.Tensor:
     return out
 
 
-def triton_scores(g: torch.Tensor, plan, qdiv: int, tables) -> torch.Tensor:
-    """(N, H, W) integer image -> (N*P,) float64 distinct-value entropy per patch."""
+def triton_scores(g: torch.Tensor, plan, qdiv: int, flog: torch.Tensor, tables, kernel: str) -> torch.Tensor:
+    """(N, H, W) integer image -> (N*P,) float64 distinct-value entropy per patch. ``flog``: the
+    n log2 n table; ``tables``: the plan's ScoreTables on g's device (ops/glcm.py)."""
     cfg = settings.current()
-    keytab, mult, flog, _ = tables
     L, P = plan.levels, plan.patch
     np_, ppi, pw = _geom(g, P)
     out = torch.empty(np_, dtype=torch.float64, device=g.device)
     if np_ == 0:
         return out
-    kept, offs, kt, mu, zeros_extra = _score_tables(plan, g.device, keytab, mult)
+    U, offs, kt, mu = tables.count, tables.offsets, tables.keytab, tables.mult
     bl, nb = _tiles(L)
     K = plan.nkeys
     T = plan.cells
@@ -292,19 +263,19 @@ def triton_scores(g: torch.Tensor, plan, qdiv: int, tables) -> torch.Tensor:
     for p0 in range(0, np_, chunk):
         npc = min(chunk, np_ - p0)
         nacc = torch.zeros((npc, K), dtype=torch.int32, device=g.device)
-        if zeros_extra:
-            nacc[:, 0] = zeros_extra
-        if kept and _use_hist(plan):
+        if tables.zeros_extra:
+            nacc[:, 0] = tables.zeros_extra
+        if U and _use_hist(plan, kernel):
             llb, nbins, hbk = _hist_sizes(plan)
-            _glcm_hist_kernel[(npc, len(kept))](
+            _glcm_hist_kernel[(npc, U)](
                 g, g.stride(0), g.stride(1), g.stride(2), offs, nacc, kt, mu, kt.stride(0), K,
-                p0, ppi, pw, len(kept), qdiv, P=P, L=L, LLB=llb, NB=nbins, BK=hbk, SCORE=True,
+                p0, ppi, pw, U, qdiv, P=P, L=L, LLB=llb, NB=nbins, BK=hbk, SCORE=True,
                 num_warps=cfg.glcm_warps,
             )
-        elif kept:
-            _glcm_tile_kernel[(npc, triton.cdiv(len(kept), cfg.glcm_g), nb * nb)](
+        elif U:
+            _glcm_tile_kernel[(npc, triton.cdiv(U, cfg.glcm_g), nb * nb)](
                 g, g.stride(0), g.stride(1), g.stride(2), offs, nacc, kt, mu, kt.stride(0), K,
-                p0, ppi, pw, len(kept), qdiv, P=P, L=L, BL=bl, BK=_bk(P, g.device), NB=nb, SCORE=True,
+                p0, ppi, pw, U, qdiv, P=P, L=L, BL=bl, BK=_bk(P, g.device), NB=nb, SCORE=True,
                 G=cfg.glcm_g,
                 num_warps=cfg.glcm_warps,
             )

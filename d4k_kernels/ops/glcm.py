@@ -9,7 +9,7 @@ Public API
     an unbatched ``(H, W)`` input drops the leading ``N``. Same offsets and layout (per slice) as
     ``skimage.feature.graycomatrix``: offset ``(round(sin a * d), round(cos a * d))``, halves away from 0.
 ``glcm_score(gray, size=2048, patch=64, levels=64, reduction="mean", distances=..., angles=...)``
-    The paper's GLCM Score (SPEC.md section 3) of 8-bit gray images ``(H, W)`` / ``(N, H, W)``:
+    The paper's GLCM Score (docs/ops.md, GLCM Score and Compression Ratio) of 8-bit gray images ``(H, W)`` / ``(N, H, W)``:
     quantise ``g // (256 // levels)``, top-left ``size x size``, per patch the distinct-value entropy
     of the normed GLCM (skimage ``shannon_entropy``), computed exactly with integers (histogram of
     counts per slice, merged across slices by the reduced fraction ``c/N``); float64 ``(N,)``
@@ -18,24 +18,26 @@ Public API
     -> ``(...)``; ``average="distances" | "angles" | "all"`` averages over those axes.
 ``glcm_entropy(P, base=2, average=None)``  the true entropy ``-sum p log p`` of each normed slice.
 
-Backends (``d4k_kernels.backend.select``): Triton kernels (CUDA, or CPU under the interpreter),
-the compiled C++ kernel (csrc/glcm.cpp, OpenMP over patches via at::parallel_for) for CPU tensors,
-and a vectorised torch fallback (any device) when the extension cannot be built. On CUDA the score
-runs the compiled CUDA kernel (csrc/glcm_cuda.cu: one thread block per patch, shared-memory
-atomics; built at first use) when it builds and the configuration fits shared memory, else Triton.
+Registered ops ``d4k::glcm_counts`` and ``d4k::glcm_patch_scores`` (torch.compile sees one opaque op
+each; integer inputs, so no autograd). Each picks its implementation with
+:func:`d4k_kernels.backend.choose` from ``backend.OPS``: Triton kernels (CUDA, or CPU under the
+interpreter; ops/_glcm_triton.py), the compiled C++ kernel (csrc/glcm.cpp, OpenMP over patches via
+at::parallel_for) for CPU tensors, and a vectorised torch fallback (any device) when the extension
+cannot be built. On CUDA the score runs the compiled CUDA kernel (csrc/glcm_cuda.cu: one thread
+block per patch, shared-memory atomics; built at first use) when it builds and the configuration
+fits shared memory (:func:`cuda_choice`), else Triton.
 
 Settings (d4k_kernels.settings): ``D4K_GLCM_CUDA=0`` never uses (or builds) the CUDA kernel;
 ``D4K_GLCM_CUDA_THREADS=256|512|1024`` (default 512) threads per block; ``D4K_GLCM_CUDA_NACC16=0``
 keeps the per-patch multiplicities in 32 bits even where 16 bits are exact (see the .cu file).
-``D4K_GLCM_KERNEL=hist|dot`` picks the Triton counting kernel (ops/_glcm_triton.py).
+``D4K_GLCM_KERNEL=hist|dot`` picks the Triton counting kernel (:func:`counting_kernel`).
 """
 from __future__ import annotations
 
 import functools
 import math
-import warnings
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -43,7 +45,8 @@ import torch
 from .. import backend, settings
 from .._checks import check_choice, check_int, check_tensor
 
-__all__ = ["glcm", "glcm_score", "graycoprops", "glcm_entropy", "offsets_of", "PAPER_DISTANCES", "PAPER_ANGLES"]
+__all__ = ["glcm", "glcm_score", "graycoprops", "glcm_entropy", "offsets_of", "counting_kernel", "cuda_choice",
+           "PAPER_DISTANCES", "PAPER_ANGLES"]
 
 PAPER_DISTANCES = (1, 2, 3, 4)
 PAPER_ANGLES = (0.0, math.pi / 4, math.pi / 2, 3 * math.pi / 4)
@@ -157,6 +160,42 @@ def _unflat(flat: Sequence[int]) -> Tuple[Tuple[int, int], ...]:
     return tuple((int(flat[i]), int(flat[i + 1])) for i in range(0, len(flat), 2))
 
 
+class ScoreTables(NamedTuple):
+    """What the Triton and CUDA score kernels read: the distinct offsets that can pair inside a patch
+    (the others count nothing), their rows of the fraction-id table and their multiplicities."""
+
+    count: int                 # number of such offsets (0: every offset reaches past the patch)
+    offsets: torch.Tensor      # (max(count, 1), 2) int32
+    keytab: torch.Tensor       # (max(count, 1), Nmax+1) int32
+    mult: torch.Tensor         # (max(count, 1),) int32
+    zeros_extra: int           # cells of the dropped offsets' slices: all hold the value 0
+
+
+_SCORE_TABLES: dict = {}
+
+
+def _score_tables(plan: _Plan, device: torch.device) -> ScoreTables:
+    """The plan's :class:`ScoreTables` on ``device`` (cached per plan and device: no host-to-device
+    copies per call)."""
+    key = (id(plan), str(device))
+    hit = _SCORE_TABLES.get(key)
+    if hit is not None and hit[0] is plan:
+        return hit[1]
+    keytab, mult, _, _ = _device_tables(plan, device)
+    kept = [u for u, (dr, dc) in enumerate(plan.uoffsets) if abs(dr) < plan.patch and abs(dc) < plan.patch]
+    kidx = torch.tensor(kept or [0], dtype=torch.long, device=device)
+    zeros_extra = sum(plan.mult[u] for u in range(len(plan.uoffsets)) if u not in kept) * plan.levels * plan.levels
+    val = ScoreTables(
+        count=len(kept),
+        offsets=torch.tensor([plan.uoffsets[u] for u in kept] or [(0, 0)], dtype=torch.int32, device=device),
+        keytab=keytab.index_select(0, kidx).contiguous(),
+        mult=mult.index_select(0, kidx).contiguous(),
+        zeros_extra=zeros_extra,
+    )
+    _SCORE_TABLES[key] = (plan, val)
+    return val
+
+
 # ----------------------------------------------------------------------------------------------
 # torch fallback (any device)
 # ----------------------------------------------------------------------------------------------
@@ -261,17 +300,27 @@ def _as_u8(g: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 # Triton path
 # ----------------------------------------------------------------------------------------------
+def counting_kernel() -> str:
+    """The Triton counting kernel in force: "hist" (tl.histogram) or "dot" (one-hot int8 dot). Dot on
+    GPUs (about twice as fast on an H200, bench/NOTES_glcm.md), hist under the interpreter, unless
+    D4K_GLCM_KERNEL says otherwise. (The dot kernel also runs where hist's bins would not fit.)"""
+    cfg = settings.current()
+    return cfg.glcm_kernel or ("hist" if cfg.interpreter else "dot")
+
+
 def _triton_counts(g, plan, qdiv):
     from ._glcm_triton import triton_counts
 
-    return triton_counts(g, plan, qdiv).view(g.shape[0], _num_patches(g, plan.patch), len(plan.uoffsets),
-                                             plan.levels, plan.levels)
+    offs = _device_tables(plan, g.device)[3]
+    return triton_counts(g, plan, qdiv, offs, counting_kernel()).view(g.shape[0], _num_patches(g, plan.patch), len(plan.uoffsets),
+                                                   plan.levels, plan.levels)
 
 
 def _triton_scores(g, plan, qdiv):
     from ._glcm_triton import triton_scores
 
-    out = triton_scores(g, plan, qdiv, _device_tables(plan, g.device))
+    out = triton_scores(g, plan, qdiv, _device_tables(plan, g.device)[2], _score_tables(plan, g.device),
+                        counting_kernel())
     return out.view(g.shape[0], _num_patches(g, plan.patch))
 
 
@@ -314,25 +363,30 @@ def _cuda_nacc16(plan: _Plan) -> bool:
     return _nacc16_exact(plan) and settings.current().glcm_cuda_nacc16
 
 
-def _cuda_choice(device: torch.device, plan: _Plan):
-    """(ext, threads, nacc16) when the CUDA kernel computes the score of ``plan`` on ``device`` (what
-    :func:`d4k_kernels.backend.choose` picks for it), else None (the Triton kernel runs)."""
-    if backend.choose("glcm_patch_scores", device, fits=lambda impl, ext: _fits(impl, device, plan, ext)) != "cuda":
-        return None
+def _score_impl(device: torch.device, plan: _Plan) -> str:
+    """The implementation of ``d4k::glcm_patch_scores`` for ``plan`` on ``device``."""
+    return backend.choose("glcm_patch_scores", device, fits=lambda impl, ext: _fits(impl, device, plan, ext))
+
+
+def _cuda_config(device: torch.device, plan: _Plan):
     return backend.extension("glcm_cuda", device), settings.current().glcm_cuda_threads, _cuda_nacc16(plan)
 
 
-def _cuda_scores(g, plan, qdiv, choice):
-    from ._glcm_triton import _score_tables  # the same offset selection and tables as the Triton path
+def cuda_choice(device: torch.device, plan: _Plan):
+    """(extension, threads per block, 16-bit multiplicities) when the CUDA kernel computes the score
+    of ``plan`` on ``device`` (what :func:`d4k_kernels.backend.choose` picks for it), else None (the
+    Triton kernel runs, or a CPU path for a CPU device)."""
+    return _cuda_config(device, plan) if _score_impl(device, plan) == "cuda" else None
 
+
+def _cuda_scores(g, plan, qdiv, choice):
     ext, threads, nacc16 = choice
-    keytab, mult, flog, _ = _device_tables(plan, g.device)
-    kept, offs, kt, mu, zeros_extra = _score_tables(plan, g.device, keytab, mult)
-    U = len(kept)
+    flog = _device_tables(plan, g.device)[2]
+    t = _score_tables(plan, g.device)   # the same offset selection and tables as the Triton path
     with torch.cuda.device(g.device):
         stream = torch.cuda.current_stream(g.device).cuda_stream
-        s = ext.glcm_scores(_as_u8(g), plan.patch, offs, U, mu, kt, flog, plan.levels, qdiv, plan.nkeys, zeros_extra,
-                            threads, nacc16, stream)
+        s = ext.glcm_scores(_as_u8(g), plan.patch, t.offsets, t.count, t.mult, t.keytab, flog, plan.levels, qdiv,
+                            plan.nkeys, t.zeros_extra, threads, nacc16, stream)
     T = plan.cells
     out = math.log2(T) - s / T        # the same finishing step as the Triton path
     return out.view(g.shape[0], _num_patches(g, plan.patch))
@@ -365,10 +419,9 @@ def _(g, patch, offsets, levels, qdiv):
 def _glcm_scores_op(g: torch.Tensor, patch: int, offsets: List[int], levels: int, qdiv: int) -> torch.Tensor:
     """(N, H, W) integer image -> (N, P) float64 distinct-value GLCM entropy per patch."""
     plan = _plan(patch, _unflat(offsets), levels)
-    impl = backend.choose("glcm_patch_scores", g, fits=lambda impl, ext: _fits(impl, g.device, plan, ext))
+    impl = _score_impl(g.device, plan)
     if impl == "cuda":
-        return _cuda_scores(g, plan, qdiv, (backend.extension("glcm_cuda", g.device),
-                                            settings.current().glcm_cuda_threads, _cuda_nacc16(plan)))
+        return _cuda_scores(g, plan, qdiv, _cuda_config(g.device, plan))
     if impl == "triton":
         return _triton_scores(g, plan, qdiv)
     return _cpp_scores(g, plan, qdiv) if impl == "cpp" else _torch_scores(g, plan, qdiv)
