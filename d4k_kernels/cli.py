@@ -29,30 +29,15 @@ def _add_bench(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _add_eval(sub) -> None:
-    try:
-        from .metrics.cli import add_eval_parser
-    except ImportError as e:  # the metrics family is not installed in this build
-        p = sub.add_parser("eval", help="GLCM Score and Compression Ratio of a folder of images")
-        p.set_defaults(func=lambda args, e=e: _fail(f"d4k eval is unavailable: {e}"))
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        return
-    add_eval_parser(sub)
-
-
-def _fail(msg: str) -> int:
-    print(msg, file=sys.stderr)
-    return 2
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     from . import __version__
+    from .metrics.cli import add_eval_parser
 
     parser = argparse.ArgumentParser(prog="d4k", description="d4k-kernels command line")
     parser.add_argument("--version", action="version", version=f"d4k-kernels {__version__}")
     sub = parser.add_subparsers(dest="command")
     _add_bench(sub)
-    _add_eval(sub)
+    add_eval_parser(sub)
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
         parser.print_help()
@@ -64,10 +49,10 @@ def console_main() -> None:
     """Entry point of the ``d4k`` script and ``python -m d4k_kernels.cli``.
 
     Under torchrun (WORLD_SIZE > 1) the process leaves with ``os._exit`` once the command has
-    returned, its results written and the streams flushed: CI once saw a rank abort *after* a
-    complete ``d4k eval`` (its summary printed, the process group destroyed) with
-    "terminate called without an active exception" during interpreter shutdown, which torchrun
-    reports as a failed job. Nothing of ours runs at shutdown, so skipping it loses nothing.
+    returned, its results written and the streams flushed: a rank can abort *after* a complete
+    ``d4k eval`` (its summary printed, the process group destroyed) with "terminate called without
+    an active exception" during interpreter shutdown, which torchrun reports as a failed job.
+    Nothing of ours runs at shutdown, so skipping it loses nothing.
     """
     import os
 

@@ -334,7 +334,7 @@ def test_eval_gray_crop_both_paths_match_opencv(seed, monkeypatch):
     img = rng.integers(0, 256, (37, 45, 3), dtype=np.uint8)
     ref = cv2.cvtColor(np.ascontiguousarray(img[:32, :32]), cv2.COLOR_BGR2GRAY)
     a = ev._gray_crop(img, 32)
-    monkeypatch.setattr(ev, "_import_cv2", lambda: None)
+    monkeypatch.setattr(ev, "import_cv2", lambda: None)
     b = ev._gray_crop(img, 32)
     for g in (a, b):
         assert g.dtype == np.uint8 and g.shape == (32, 32) and g.flags.c_contiguous

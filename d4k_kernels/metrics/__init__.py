@@ -1,4 +1,5 @@
-"""Image metrics of the Diffusion-4K paper: GLCM Score and Compression Ratio (SPEC.md section 3).
+"""Image metrics of the Diffusion-4K paper: GLCM Score and Compression Ratio (docs/ops.md, GLCM Score
+and Compression Ratio).
 
     load_image(path)                 uint8 (H, W, 3) BGR/RGB, as the paper's cv2.imread
     rgb_to_gray(x, order)            OpenCV-exact 8-bit gray on tensors (any device)

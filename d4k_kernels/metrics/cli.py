@@ -83,7 +83,6 @@ def run_eval(args) -> int:
         print(f"d4k eval: {n} files in {res.seconds:.2f} s ({n / res.seconds:.2f} files/s, "
               f"device {args.device}, {res.world_size} process(es))", file=err)
     if not res.ok:
-        n = len(res.records)
         if n == 0:
             print(f"d4k eval: error: no image files in {args.dir!r}", file=err)
         else:

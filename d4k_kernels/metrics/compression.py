@@ -1,4 +1,4 @@
-"""Compression Ratio (Diffusion-4K, SPEC.md section 3).
+"""Compression Ratio of the Diffusion-4K paper (docs/ops.md, GLCM Score and Compression Ratio).
 
 From files, as the paper's eval.py::
 
@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .._checks import check_int, check_tensor
+from .gray import channel_axis
 
 __all__ = ["compression_ratio", "compression_ratio_files", "compression_ratio_tensor", "jpeg_bytes", "to_uint8_hwc"]
 
@@ -74,10 +75,8 @@ def to_uint8_hwc(images: torch.Tensor, channels: Optional[str] = None) -> List[n
     uint8 tensors are taken as they are; float tensors must be in [0, 1] and are converted as
     diffusers' ``numpy_to_pil`` does: ``round(x * 255)`` (after clamping to [0, 1]).
     Layouts as :func:`d4k_kernels.metrics.gray.rgb_to_gray`."""
-    from .gray import _channel_axis
-
     check_tensor(images, "images", dtypes=(torch.uint8, torch.float32, torch.float64, torch.float16, torch.bfloat16))
-    axis = _channel_axis(images, channels)
+    axis = channel_axis(images, channels)
     x = images.detach()
     if x.dim() == 3:
         x = x.unsqueeze(0)

@@ -33,7 +33,7 @@ from .. import backend as _backend, settings
 from .._checks import check_choice, check_int
 from .._util import resolve_device
 from .gray import rgb_to_gray
-from .io import ImageLoadError, _import_cv2, list_images, load_image
+from .io import ImageLoadError, import_cv2, list_images, load_image
 
 __all__ = [
     "ImageRecord",
@@ -197,7 +197,7 @@ def _gray_crop(img_bgr: np.ndarray, size: int) -> np.ndarray:
     cv2.cvtColor when OpenCV is there (about 10x faster on the CPU than the int32 torch code, and
     equal to it for all 2^24 colours, which tests/test_metrics.py checks), else rgb_to_gray."""
     crop = img_bgr[:size, :size]
-    cv2 = _import_cv2()
+    cv2 = import_cv2()
     if cv2 is not None:
         return cv2.cvtColor(np.ascontiguousarray(crop), cv2.COLOR_BGR2GRAY)
     return np.ascontiguousarray(rgb_to_gray(crop, order="bgr", channels="last"))
@@ -238,10 +238,7 @@ def _dist_context(distributed: Optional[bool], device: torch.device):
         ws, rank = dist.get_world_size(), dist.get_rank()
         mine = False
     else:
-        env_ws = int(os.environ.get("WORLD_SIZE", "1"))
-        if distributed is False or (distributed is None and env_ws <= 1):
-            return 1, 0, device, False
-        if distributed and env_ws <= 1:
+        if distributed is False or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             return 1, 0, device, False
         be = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=be)

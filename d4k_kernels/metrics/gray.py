@@ -27,7 +27,7 @@ import torch
 
 from .._checks import check_choice, check_tensor
 
-__all__ = ["rgb_to_gray", "bgr_to_gray", "GRAY_WEIGHTS_Q15"]
+__all__ = ["rgb_to_gray", "bgr_to_gray", "channel_axis", "GRAY_WEIGHTS_Q15"]
 
 #: (B, G, R) fixed-point weights of OpenCV's BGR2GRAY for 8-bit images, and the rounding term
 GRAY_WEIGHTS_Q15 = (3735, 19235, 9798)
@@ -35,7 +35,9 @@ _ROUND = 1 << 14
 _SHIFT = 15
 
 
-def _channel_axis(x: torch.Tensor, channels: Optional[str]) -> int:
+def channel_axis(x: torch.Tensor, channels: Optional[str]) -> int:
+    """The dim of ``x`` that holds the 3 colour channels, by the layout rules of the module docstring
+    (``channels``: "last", "first" or None to infer); ValueError naming the shape otherwise."""
     if x.dim() not in (3, 4):
         raise ValueError(
             f"image must have shape (H, W, 3), (3, H, W), (N, H, W, 3) or (N, 3, H, W); got {tuple(x.shape)}"
@@ -75,7 +77,7 @@ def rgb_to_gray(
     is_np = isinstance(x, np.ndarray)
     t = torch.from_numpy(x) if is_np else x
     check_tensor(t, "image", dtypes=(torch.uint8,))
-    axis = _channel_axis(t, channels)
+    axis = channel_axis(t, channels)
     c0, c1, c2 = t.unbind(axis)
     b, g, r = (c2, c1, c0) if order == "rgb" else (c0, c1, c2)
     wb, wg, wr = GRAY_WEIGHTS_Q15

@@ -17,6 +17,7 @@ Policy (the paper reads with ``cv2.imread(path)``, i.e. ``IMREAD_COLOR``; we rep
 from __future__ import annotations
 
 import os
+import struct
 from typing import List, Optional, Tuple, Union
 
 import numpy as np
@@ -28,6 +29,7 @@ __all__ = [
     "list_images",
     "load_image",
     "image_size",
+    "import_cv2",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -78,7 +80,9 @@ def list_images(root: PathLike, recursive: bool = False) -> Tuple[List[str], Lis
 _cv2 = None
 
 
-def _import_cv2():
+def import_cv2():
+    """OpenCV (``cv2``), imported once with its own file warnings silenced, or None when it is not
+    installed (the callers then use Pillow / the torch gray conversion)."""
     global _cv2
     if _cv2 is None:
         try:
@@ -86,16 +90,16 @@ def _import_cv2():
         except ImportError:  # pragma: no cover - depends on the install
             _cv2 = False
         else:
-            try:  # OpenCV's own "can't open/read file" warnings: we raise a clear error instead
-                cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-            except Exception:  # pragma: no cover
-                pass
+            # OpenCV's own "can't open/read file" warnings: we raise a clear error instead
+            logging = getattr(getattr(cv2, "utils", None), "logging", None)
+            if logging is not None:  # absent in some OpenCV builds
+                logging.setLogLevel(logging.LOG_LEVEL_ERROR)
             _cv2 = cv2
     return _cv2 or None
 
 
 def _load_cv2(path: str) -> Optional[np.ndarray]:
-    cv2 = _import_cv2()
+    cv2 = import_cv2()
     if cv2 is None:
         return None
     # cv2.imread as the paper's eval.py (it also decodes a truncated JPEG partially, imdecode does not);
@@ -184,9 +188,9 @@ def image_size(path: PathLike) -> Tuple[int, int]:
             w, h = im.size
             try:
                 orient = im.getexif().get(0x0112, 1)
-            except Exception:
+            except (OSError, ValueError, SyntaxError, KeyError, struct.error):  # unreadable EXIF: as stored
                 orient = 1
             return (h, w) if orient in (5, 6, 7, 8) else (w, h)
-    except Exception:
+    except (ImportError, OSError, ValueError):
         img = load_image(path)  # formats Pillow does not know: decode (raises ImageLoadError)
         return img.shape[1], img.shape[0]
