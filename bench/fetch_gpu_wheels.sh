@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Run HERE (with network) before a GPU session: downloads the pure-Python reference/peer packages that
-# the lent GPU machine lacks into .whl/ (git-ignored; the device tool's `carry` takes it along).
+# Run on a machine with network access before using a GPU machine that has none: downloads the
+# pure-Python reference/peer packages the GPU machine lacks into .whl/ (git-ignored; copy it along with
+# the checkout, and bench/gpu_check.sh installs from it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One script for a lent GPU (H100/H200): the CUDA tests, the VAE decodes and the 4K benchmarks in about
+# One script for a GPU machine (H100/H200): the CUDA tests, the VAE decodes and the 4K benchmarks in about
 # 5 minutes (D4K_GPU_BUDGET), a short table last. Usage on the device machine (from the repo root):
 #     bash bench/gpu_check.sh            # carry .whl (bench/fetch_gpu_wheels.sh) for the peers
 # Logs and JSON are written to a work folder as the steps go and packed into $OUT/gpu_check.tgz at the
@@ -30,8 +30,7 @@ left() { local l=$(( BUDGET - ($(date +%s) - T0) )); (( l < $1 )) && echo $(( l 
 
 # 1. the CUDA tests: every test parametrised on ('triton', 'cuda'), the cuda-marked ones and the GLCM
 #    'triton' / 'cuda' paths (on CUDA tensors there); not the CPU-only paths and sm_90 compile checks
-#    that CI runs (run 2 ran out of time in them); 8 workers so the Triton/inductor compiles use the
-#    host cores
+#    that CI runs (they take minutes); 8 workers so the Triton/inductor compiles use the host cores
 tests_rc=0
 if [[ "${D4K_GPU_TESTS:-}" == none ]]; then
   echo "CUDA tests skipped (D4K_GPU_TESTS=none)" > "$OUT/tests_cuda.log"
@@ -44,9 +43,9 @@ fi
 # 2. VAE decodes take seconds each: one table of time, peak memory and PSNR against the untiled decode
 #    (Flux untiled, exact tiled, 8192^2, diffusers tiled, then SC-VAE F16) instead of the repeated-timing
 #    runner; D4K_GPU_VAE_ARGS adds e.g. "--tiles 171,256" (a tile sweep), "--no-8k" or "--only REGEX". The
-#    8192^2 decode alone took 62-75 s cold, 31 s warm on an H200 (2026-11-27; ~26 s of it the whole-latent
-#    mid-block); the Flux 4096^2 untiled and exact tiled times are medians of 3 warm runs (~25 s more); the
-#    rows print as they finish
+#    8192^2 decode alone takes about a minute cold, half that warm, on an H200 (bench/NOTES_vae.md); the
+#    Flux 4096^2 untiled and exact tiled times are medians of 3 warm runs (~25 s more); the rows print as
+#    they finish
 bench_rc=0
 timeout "$(left ${D4K_GPU_VAE_LIMIT:-140})" python3 -m d4k_kernels.benchmarks.vae --device cuda ${D4K_GPU_VAE_ARGS:-} > "$OUT/vae_memory.log" 2>&1 \
   || { echo "vae memory table stopped (rc $?), see vae_memory.log"; bench_rc=1; }

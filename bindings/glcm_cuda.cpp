@@ -1,5 +1,5 @@
 // torch.library registration of the CUDA GLCM score kernel (csrc/glcm_cuda.cu): torch.ops.d4k_glcm_cuda.*,
-// built at first use on a GPU machine by d4k_kernels._build (ops/glcm.py, _cuda_ext). Only torch/library.h
+// built at first use on a GPU machine by d4k_kernels._build (backend.choose picks it in ops/glcm.py). Only torch/library.h
 // and light ATen headers: no c10/cuda headers (the launcher takes the stream as an integer, the caller
 // passes torch.cuda.current_stream(device).cuda_stream).
 #include <torch/library.h>

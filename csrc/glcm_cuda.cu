@@ -1,4 +1,4 @@
-// The paper's per-patch GLCM score (SPEC.md section 3) as one CUDA kernel: one thread block per patch,
+// The paper's per-patch GLCM score (docs/ops.md, GLCM Score) as one CUDA kernel: one thread block per patch,
 // everything of a patch in shared memory, one launch for the whole batch. Torch-free: the host
 // launcher takes raw pointers, sizes, strides and the stream; bindings/glcm_cuda.cpp checks the
 // tensors and calls it (torch.ops.d4k_glcm_cuda.*).

@@ -87,8 +87,8 @@ def seed():
 def no_tf32():
     """fp32 means fp32: cuDNN convolutions default to TF32 on Ampere and later (so do pytorch_wavelets'
     DWTs, which are convolutions), and then two fp32 computations whose convs run on different shapes
-    or algorithms differ at TF32 rounding (~1e-3; the H200 run of 2026-11-27 saw 1.06e-3 between a
-    tiled and an untiled decode). Tests that compare fp32 results on CUDA turn it off."""
+    or algorithms differ at TF32 rounding (~1e-3: 1.06e-3 between a tiled and an untiled decode on an
+    H200, bench/NOTES_vae.md). Tests that compare fp32 results on CUDA turn it off."""
     old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     yield

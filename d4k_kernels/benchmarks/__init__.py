@@ -5,8 +5,8 @@ Each op family has a module here (``haar``, ``wavelet_loss``, ``glcm``, ``upconv
     def cases(device: torch.device, quick: bool = False) -> list[Case]
 
 returning one :class:`Case` per (shape group, implementation): d4k beside its peers. Peers that are
-not installed are simply left out. On CUDA the shapes are the 4K ones of the issues; on the CPU they
-are small so that a run takes a few minutes.
+not installed are simply left out. On CUDA the shapes are the 4K ones the library is tuned for (the
+targets in bench/RESULTS.md); on the CPU they are small so that a run takes a few minutes.
 """
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def time_graph(fn: Callable[[], object], quick: bool = False) -> float:
     """CUDA only: median time (ms) of replaying a CUDA graph captured from one call of ``fn``.
 
     Eager timings of small GPU work measure the host (Python, dispatch, kernel launches: ~20 us per
-    launch was seen on the lent, virtualised H200); a graph replay launches the same kernels with
+    launch on a virtualised H200 host, bench/RESULTS.md); a graph replay launches the same kernels with
     the host out of the way, which is what a training step captured in a graph (or a host that keeps
     ahead of the GPU) sees. Warm-up runs on a side stream, as torch.cuda.graphs asks."""
     from triton.testing import do_bench

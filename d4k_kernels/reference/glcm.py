@@ -3,7 +3,7 @@
 This is the independent oracle for tests and the peer in benchmarks. It shares no code with
 d4k_kernels.ops.glcm: per patch, ``skimage.feature.graycomatrix(..., normed=True)`` and
 ``skimage.measure.shannon_entropy`` (the entropy of how often each distinct VALUE occurs among the
-levels*levels*slices cells, SPEC.md section 3), mean over patches.
+levels*levels*slices cells; docs/ops.md, GLCM Score and Compression Ratio), mean over patches.
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Written for clarity, not speed, and independently of d4k_kernels/ops/haar.py: it pads each odd
 axis explicitly, takes the four polyphase components with strided slicing and applies the 2x2
-formulas of SPEC.md section 1, one level at a time, in float64.
+formulas below (docs/ops.md, Haar DWT / IDWT), one level at a time, in float64.
 
     LL = (a + b + c + d) / 2      LH = (a + b - c - d) / 2
     HL = (a - b + c - d) / 2      HH = (a - b - c + d) / 2
