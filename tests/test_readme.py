@@ -1,4 +1,5 @@
-"""The README's Python examples run as written (on the CPU path) and their assertions hold."""
+"""The Python examples of README.md and docs/ops.md run as written (on the CPU path) and their
+assertions hold."""
 import pathlib
 import re
 
@@ -6,15 +7,18 @@ import pytest
 
 from d4k_kernels import backend
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DOCS = ("README.md", "docs/ops.md")
+BLOCKS = [(doc, i, code) for doc in DOCS
+          for i, code in enumerate(re.findall(r"```python\n(.*?)```", (ROOT / doc).read_text(), flags=re.S))]
 
 
-def test_readme_has_examples():
-    assert len(BLOCKS) >= 4
+@pytest.mark.parametrize("doc,least", [("README.md", 4), ("docs/ops.md", 4)])
+def test_docs_have_examples(doc, least):
+    assert sum(d == doc for d, _, _ in BLOCKS) >= least
 
 
-@pytest.mark.parametrize("i", range(len(BLOCKS)))
-def test_readme_example_runs(i):
+@pytest.mark.parametrize("doc,i,code", BLOCKS, ids=[f"{d}[{i}]" for d, i, _ in BLOCKS])
+def test_example_runs(doc, i, code):
     with backend.prefer("cpu"):
-        exec(compile(BLOCKS[i], f"README.md[python block {i}]", "exec"), {"__name__": "__readme__"})
+        exec(compile(code, f"{doc}[python block {i}]", "exec"), {"__name__": "__readme__"})
