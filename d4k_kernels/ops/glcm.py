@@ -241,12 +241,11 @@ def _torch_counts(g: torch.Tensor, plan: _Plan, qdiv: int) -> torch.Tensor:
     return out.view(g.shape[0], _num_patches(g, plan.patch), len(plan.uoffsets), L, L)
 
 
-def _entropy_from_counts(cnt: torch.Tensor, plan: _Plan, tables) -> torch.Tensor:
+def _entropy_from_counts(cnt: torch.Tensor, plan: _Plan, flog: torch.Tensor) -> torch.Tensor:
     """cnt: (B, U, L*L) integer counts of distinct offsets -> (B,) float64 distinct-value entropy.
 
     Each cell's count c of offset u maps to the id of the reduced fraction c/N_u (a table gather);
     one weighted bincount over (patch, id) gives the multiplicity of every merged value."""
-    keytab, mult, flog, _ = tables
     b, U, LL = cnt.shape
     K = plan.nkeys
     dev = cnt.device
@@ -267,12 +266,12 @@ def _keytab_long(plan: _Plan, device: torch.device) -> torch.Tensor:
 
 
 def _torch_scores(g: torch.Tensor, plan: _Plan, qdiv: int) -> torch.Tensor:
-    tables = _device_tables(plan, g.device)
+    flog = _device_tables(plan, g.device)[2]
     x = _patches(g.to(torch.int64) // qdiv, plan.patch)
     out = torch.empty(x.shape[0], dtype=torch.float64, device=g.device)
     cs = _chunk_size(plan, g.device)
     for s in range(0, x.shape[0], cs):
-        out[s:s + cs] = _entropy_from_counts(_torch_counts_chunk(x[s:s + cs], plan), plan, tables)
+        out[s:s + cs] = _entropy_from_counts(_torch_counts_chunk(x[s:s + cs], plan), plan, flog)
     return out.view(g.shape[0], _num_patches(g, plan.patch))
 
 
