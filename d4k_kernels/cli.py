@@ -2,6 +2,8 @@
 
     d4k bench [--op haar] [--device auto|cuda|cpu] [--quick]   time the ops beside their peers
     d4k eval DIR [--size 2048] ...                            GLCM Score and Compression Ratio
+
+``python -m d4k_kernels.cli`` runs the same command.
 """
 from __future__ import annotations
 
@@ -10,39 +12,38 @@ import sys
 from typing import List, Optional
 
 
-def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="time d4k ops beside their peers and print a table")
-    p.add_argument("--op", action="append", default=None,
-                   help="op family to run (repeatable); default: all that have benchmarks")
-    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    p.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run)")
-    p.add_argument("--json", default=None, help="also write the results to this JSON file")
-    p.add_argument("--no-graphs", action="store_true",
-                   help="CUDA: skip the second timing of each case as CUDA-graph replays")
+# Each subcommand lives in its own module, which defines ``add_parser(subparsers)``; the parser it adds
+# sets ``func(args) -> int``. A user mistake is one line on stderr and exit status 2: a subcommand
+# raises UsageError (or returns 2 after printing its own line), never a traceback.
+SUBCOMMANDS = (
+    "d4k_kernels.benchmarks.cli",
+    "d4k_kernels.metrics.cli",
+)
 
-    def run(args) -> int:
-        from .benchmarks import main as bench_main
 
-        return bench_main(ops=args.op, device=args.device, quick=args.quick, json_path=args.json,
-                          graphs=not args.no_graphs)
-
-    p.set_defaults(func=run)
+class UsageError(Exception):
+    """A mistake in how a command was called (a missing file, a bad option value): printed as one line."""
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    import importlib
+
     from . import __version__
-    from .metrics.cli import add_eval_parser
 
     parser = argparse.ArgumentParser(prog="d4k", description="d4k-kernels command line")
     parser.add_argument("--version", action="version", version=f"d4k-kernels {__version__}")
     sub = parser.add_subparsers(dest="command")
-    _add_bench(sub)
-    add_eval_parser(sub)
+    for mod in SUBCOMMANDS:
+        importlib.import_module(mod).add_parser(sub)
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as e:
+        print(f"d4k {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 def console_main() -> None:

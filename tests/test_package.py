@@ -273,3 +273,23 @@ def test_vae_memory_table_repeats_and_psnr(monkeypatch, capsys):
     assert all(r["ms"] > 0 and not r["error"] and "median of 2" in r["info"] for r in rows)
     assert rows[1]["psnr_db"] > 100 and "tile " in rows[1]["info"]
     assert "median of 2" in capsys.readouterr().out
+
+
+def test_cli_usage_error_is_one_line_and_exit_2(monkeypatch, capsys):
+    """A subcommand that raises cli.UsageError prints one line naming the command and exits with 2."""
+    import types
+
+    from d4k_kernels import cli
+
+    fake = types.ModuleType("d4k_fake_cmd")
+
+    def add_parser(sub):
+        p = sub.add_parser("fake")
+        p.set_defaults(func=lambda args: (_ for _ in ()).throw(cli.UsageError("no such folder: 'x'")))
+
+    fake.add_parser = add_parser
+    monkeypatch.setitem(sys.modules, "d4k_fake_cmd", fake)
+    monkeypatch.setattr(cli, "SUBCOMMANDS", cli.SUBCOMMANDS + ("d4k_fake_cmd",))
+    assert cli.main(["fake"]) == 2
+    err = capsys.readouterr().err
+    assert err == "d4k fake: error: no such folder: 'x'\n"

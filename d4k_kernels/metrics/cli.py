@@ -26,7 +26,7 @@ def _positive(v: str) -> int:
     return n
 
 
-def add_eval_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "eval",
         help="GLCM Score and Compression Ratio of a folder of images (the paper's eval.py)",
