@@ -385,7 +385,10 @@ def _apply_op(
 
 @_apply_op.register_fake
 def _(x, mean, rstd, weight, bias, num_groups, silu):
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if backend.choose("group_norm_apply", x) == "triton":
+        return torch.empty(x.shape, dtype=x.dtype, device=x.device)  # the kernel writes a contiguous y
+    # the torch path's output follows x's layout (e.g. channels_last): run it on the fake tensors
+    return group_norm_apply_torch(x, mean, rstd, weight, bias, num_groups, silu)
 
 
 # --------------------------------------------------------------------------------------------------

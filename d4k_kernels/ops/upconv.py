@@ -504,7 +504,7 @@ def _upconv_torch(x, mean, rstd, gn_weight, gn_bias, conv_weight, conv_bias, num
         z = F.conv2d(a, wf, b4, padding=1)[..., : a.shape[2], : a.shape[3]]
     else:
         z = F.conv2d(a, wf, b4, padding=1)
-    return F.pixel_shuffle(z, 2).to(x.dtype)
+    return F.pixel_shuffle(z, 2).to(x.dtype).contiguous()  # as the kernel writes it, whatever x's layout
 
 
 @torch.library.custom_op("d4k::upconv_tail", mutates_args=())
@@ -547,8 +547,8 @@ def upconv_tail(
         partitioned: True - SC-VAE's released tail (one output pixel shift, zeros from top/left);
             False - the plain tail (conv padding 1).
     Returns:
-        (N, Cout, 2H, 2W) in x's dtype. No autograd through the kernel (inference); when a gradient is
-        needed the differentiable torch path runs instead. For halo tiles, crop: see the module doc.
+        (N, Cout, 2H, 2W) in x's dtype, contiguous. No autograd through the kernel (inference); when a
+        gradient is needed the differentiable torch path runs instead. For halo tiles, crop: see the module doc.
     """
     check_groups(x, num_groups)
     check_stats(x, mean, rstd, num_groups)
