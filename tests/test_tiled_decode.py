@@ -222,6 +222,55 @@ def test_bad_arguments(seed):
         tiled_decode(vae, torch.randn(4, 8, 8))
     with pytest.raises(ValueError, match="conv_norm_out|not a diffusers"):
         tiled_decode(torch.nn.Linear(2, 2), z)
+    with pytest.raises(TypeError, match="use_kernels must be True, False or None, got 'yes'"):
+        tiled_decode(vae, z, use_kernels="yes")
+
+
+def test_latent_checks_name_the_value(seed):
+    """A latent the decoder cannot take is refused up front, with its shape / dtype / device and what
+    was expected (not torch's error from deep inside a conv)."""
+    vae = _vae(TWO)
+    dec = ExactTiledDecoder(vae.decoder, vae.post_quant_conv, tile=4, progress=False)
+    z = torch.randn(1, 4, 8, 8)
+    with pytest.raises(ValueError, match=r"z must have 4 dimensions, got shape \(4, 8, 8\)"):
+        dec(z[0])
+    with pytest.raises(ValueError, match=r"z has 5 channels but the decoder expects 4"):
+        dec(torch.randn(1, 5, 8, 8))
+    with pytest.raises(TypeError, match="z has dtype int64; supported: float32"):
+        dec(z.long())
+    with pytest.raises(TypeError, match="z has dtype float64 but the decoder's weights are float32"):
+        dec(z.double())
+    with pytest.raises(ValueError, match=r"z must not be empty, got shape \(1, 4, 0, 8\)"):
+        dec(z[..., :0, :])
+    with pytest.raises(ValueError, match="z is on meta but the decoder's weights are on cpu"):
+        dec(z.to("meta"))
+    with pytest.raises(TypeError, match="z must be a torch.Tensor, got ndarray"):
+        dec(z.numpy())
+    with pytest.raises(ValueError, match="z has 5 channels"):  # the planner checks the latent too
+        dec.plan(torch.randn(1, 5, 8, 8))
+
+
+def test_plan_is_made_once_and_handed_on(seed, monkeypatch):
+    """max_memory is parsed once (bytes); a plan from .plan(z) decodes without planning again, the same
+    image; a plan for another latent is refused."""
+    from d4k_kernels.vae.tiling import decoder as decoder_mod
+
+    vae = _vae(TWO)
+    z = torch.randn(1, 4, 10, 9)
+    dec = ExactTiledDecoder(vae.decoder, vae.post_quant_conv, tile=4, max_memory="1GiB", progress=False)
+    assert dec.max_memory == 2**30
+    calls = []
+    real = decoder_mod.make_plan
+    monkeypatch.setattr(decoder_mod, "make_plan", lambda *a, **k: calls.append(1) or real(*a, **k))
+    plan = dec.plan(z)
+    assert plan.z_shape == (1, 4, 10, 9) and plan.n_tiles == 9 and plan.budget == 2**30
+    out = dec(z, plan=plan)
+    assert len(calls) == 1 and dec.last_plan is plan
+    assert torch.equal(out, dec(z)) and len(calls) == 2
+    with pytest.raises(ValueError, match=r"plan is for a \(1, 4, 10, 9\) latent with halo 7, but z has shape"):
+        dec(torch.randn(1, 4, 10, 10), plan=plan)
+    with pytest.raises(TypeError, match="plan must be a TilePlan"):
+        dec(z, plan=(4, 7))
 
 
 def test_tiled_with_d4k_kernels(seed):

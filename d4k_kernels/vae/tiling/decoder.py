@@ -129,6 +129,9 @@ class ExactTiledDecoder:
             check_int(tile, "tile", lo=1)
         if halo is not None:
             check_int(halo, "halo", lo=self.structure.halo)
+        for v, name in ((progress, "progress"), (use_kernels, "use_kernels"), (offload, "offload")):
+            if v is not None and not isinstance(v, bool):
+                raise TypeError(f"{name} must be True, False or None, got {v!r}")
         self.decoder = decoder
         self.post_quant_conv = post_quant_conv
         self.tile, self.max_memory, self.halo = tile, parse_memory(max_memory), halo
