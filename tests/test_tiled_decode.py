@@ -288,7 +288,7 @@ def test_tiled_with_d4k_kernels(seed):
 
 
 def test_conv_macs_counts_the_real_convs(seed):
-    """conv_macs (the halo-overhead figure in NOTES) against forward hooks on the untiled decode."""
+    """conv_macs (the halo-recompute overhead figure) against forward hooks on the untiled decode."""
     from d4k_kernels.vae import conv_macs
 
     vae = _vae(THREE)

@@ -202,7 +202,7 @@ def memory_table(device: torch.device, quick: bool = False, extra_8k: bool = Tru
                              f"(est {pl.est_fixed / G:.2f}), largest tile step {dec.last_step_peak_bytes / G:.2f} "
                              f"GiB (est {pl.est_tile / G:.2f}), device state budget {pl.state_budget / G:.2f}")
             del out
-        except Exception as e:  # e.g. out of memory for the untiled 8K decode
+        except (RuntimeError, ValueError) as e:  # e.g. out of memory for the untiled 8K decode: a row says so
             ms, peak, err = float("nan"), float("nan"), f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
         rows.append(dict(group=spec["group"], impl=spec["impl"], ms=ms, peak_gib=peak, psnr_db=psnr, info=info,
                          error=err))
