@@ -1,8 +1,8 @@
 """Plain float64 references for the decoder tail and GroupNorm (no polyphase trick, no shared code).
 
     tail_reference(x, gn_weight, gn_bias, conv_weight, conv_bias, num_groups, eps, partitioned)
-        F.group_norm -> F.silu -> F.interpolate(nearest, x2) -> conv3x3, written as docs/ops.md
-        (SC-VAE and exact tiled decoding) states it:
+        F.group_norm -> F.silu -> F.interpolate(nearest, x2) -> conv3x3, written as docs/ops.md (SC-VAE and
+        exact tiled decoding) states it:
         plain:        conv2d(u, w, b, padding=1)
         partitioned:  conv2d(F.pad(u, (2, 0, 2, 0)), w, b)   (valid conv: shifted one pixel down/right)
     tail_reference_stats(...) the same with given (mean, rstd) instead of F.group_norm's own statistics.
