@@ -91,6 +91,23 @@ def test_sc_vae_through_the_patch(seed):
     assert out.shape == (1, 3, 40, 36) and _ok(out, ref)
 
 
+def test_decode_plans_once(seed, monkeypatch):
+    """The patched decode plans once per call and hands the plan to the tiler (no second planning)."""
+    from d4k_kernels.vae.tiling import decoder as decoder_mod
+
+    vae = _vae()
+    z = torch.randn(1, 4, 9, 8)
+    calls = []
+    real = decoder_mod.make_plan
+    monkeypatch.setattr(decoder_mod, "make_plan", lambda *a, **k: calls.append(1) or real(*a, **k))
+    enable_exact_tiling(vae, tile=4, progress=False)
+    with torch.no_grad():
+        ref = type(vae)._decode(vae, z).sample
+        out = vae.decode(z).sample
+    assert len(calls) == 1 and vae._d4k_exact_tiler.last_plan.n_tiles == 6
+    assert _ok(out, ref)
+
+
 def test_single_tile_uses_plain_decode(seed):
     vae = _vae()
     z = torch.randn(1, 4, 6, 6)

@@ -1,4 +1,6 @@
-"""Exact tiled decoding == the untiled diffusers decode (SPEC §4), random weights, CPU."""
+"""Exact tiled decoding == the untiled diffusers decode (docs/ops.md, SC-VAE and exact tiled decoding),
+random weights, CPU."""
+import dataclasses
 import math
 
 import pytest
@@ -7,9 +9,9 @@ import torch
 pytest.importorskip("diffusers")
 from diffusers import AutoencoderKL  # noqa: E402
 
-import d4k_kernels.vae.tiled as tiled_mod  # noqa: E402
 from d4k_kernels.vae import FLUX_VAE_CONFIG, SCAutoencoderKL, plan_tiles, required_halo, tiled_decode  # noqa: E402
-from d4k_kernels.vae.tiled import ExactTiledDecoder, parse_memory  # noqa: E402
+from d4k_kernels.vae import ExactTiledDecoder, parse_memory  # noqa: E402
+from d4k_kernels.vae.tiling import planner  # noqa: E402
 
 # 2 up levels, 2 resnets per up block: halo 7 latent px, so a 24x20 latent has interior tiles
 TWO = dict(down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
@@ -91,16 +93,17 @@ def test_tiled_sc_vae(seed, partitioned):
     assert (out - ref).abs().max().item() <= 1e-4 * max(1.0, ref.abs().max().item())
 
 
-def test_halo_too_small_is_caught(seed, monkeypatch):
+def test_halo_too_small_is_caught(seed):
     """The test above can fail: with less context than the receptive field the decode is wrong
     (or refuses to run when a window cannot cover its core)."""
     vae = _vae(TWO)
     z = torch.randn(1, 4, 20, 20)
     ref = _untiled(vae, z)
     need = required_halo(vae.decoder)
-    monkeypatch.setattr(tiled_mod, "required_halo", lambda dec: need - 3)
+    dec = ExactTiledDecoder(vae.decoder, vae.post_quant_conv, tile=5, progress=False)
+    dec.structure = dataclasses.replace(dec.structure, halo=need - 3)  # what the planner reads
     try:
-        out = tiled_decode(vae, z, tile=5, progress=False)
+        out = dec(z)
     except RuntimeError as e:
         assert "halo" in str(e)
     else:
@@ -219,15 +222,63 @@ def test_bad_arguments(seed):
         tiled_decode(vae, torch.randn(4, 8, 8))
     with pytest.raises(ValueError, match="conv_norm_out|not a diffusers"):
         tiled_decode(torch.nn.Linear(2, 2), z)
+    with pytest.raises(TypeError, match="use_kernels must be True, False or None, got 'yes'"):
+        tiled_decode(vae, z, use_kernels="yes")
+
+
+def test_latent_checks_name_the_value(seed):
+    """A latent the decoder cannot take is refused up front, with its shape / dtype / device and what
+    was expected (not torch's error from deep inside a conv)."""
+    vae = _vae(TWO)
+    dec = ExactTiledDecoder(vae.decoder, vae.post_quant_conv, tile=4, progress=False)
+    z = torch.randn(1, 4, 8, 8)
+    with pytest.raises(ValueError, match=r"z must have 4 dimensions, got shape \(4, 8, 8\)"):
+        dec(z[0])
+    with pytest.raises(ValueError, match=r"z has 5 channels but the decoder expects 4"):
+        dec(torch.randn(1, 5, 8, 8))
+    with pytest.raises(TypeError, match="z has dtype int64; supported: float32"):
+        dec(z.long())
+    with pytest.raises(TypeError, match="z has dtype float64 but the decoder's weights are float32"):
+        dec(z.double())
+    with pytest.raises(ValueError, match=r"z must not be empty, got shape \(1, 4, 0, 8\)"):
+        dec(z[..., :0, :])
+    with pytest.raises(ValueError, match="z is on meta but the decoder's weights are on cpu"):
+        dec(z.to("meta"))
+    with pytest.raises(TypeError, match="z must be a torch.Tensor, got ndarray"):
+        dec(z.numpy())
+    with pytest.raises(ValueError, match="z has 5 channels"):  # the planner checks the latent too
+        dec.plan(torch.randn(1, 5, 8, 8))
+
+
+def test_plan_is_made_once_and_handed_on(seed, monkeypatch):
+    """max_memory is parsed once (bytes); a plan from .plan(z) decodes without planning again, the same
+    image; a plan for another latent is refused."""
+    from d4k_kernels.vae.tiling import decoder as decoder_mod
+
+    vae = _vae(TWO)
+    z = torch.randn(1, 4, 10, 9)
+    dec = ExactTiledDecoder(vae.decoder, vae.post_quant_conv, tile=4, max_memory="1GiB", progress=False)
+    assert dec.max_memory == 2**30
+    calls = []
+    real = decoder_mod.make_plan
+    monkeypatch.setattr(decoder_mod, "make_plan", lambda *a, **k: calls.append(1) or real(*a, **k))
+    plan = dec.plan(z)
+    assert plan.z_shape == (1, 4, 10, 9) and plan.n_tiles == 9 and plan.budget == 2**30
+    out = dec(z, plan=plan)
+    assert len(calls) == 1 and dec.last_plan is plan
+    assert torch.equal(out, dec(z)) and len(calls) == 2
+    with pytest.raises(ValueError, match=r"plan is for a \(1, 4, 10, 9\) latent with halo 7, but z has shape"):
+        dec(torch.randn(1, 4, 10, 10), plan=plan)
+    with pytest.raises(TypeError, match="plan must be a TilePlan"):
+        dec(z, plan=(4, 7))
 
 
 def test_tiled_with_d4k_kernels(seed):
     """The same exact decode through the d4k GroupNorm / upconv kernels (interpreter on the CPU)."""
     from d4k_kernels import backend
-    from d4k_kernels.vae.tiled import kernels_available
 
-    if not (kernels_available() and backend.HAS_TRITON and backend.interpreter_enabled()):
-        pytest.skip("d4k_kernels.ops.groupnorm / ops.upconv or the Triton interpreter unavailable")
+    if not (backend.HAS_TRITON and backend.interpreter_enabled()):
+        pytest.skip("needs the Triton interpreter")
     vae = _vae(TWO, SCAutoencoderKL, stride=2)
     z = torch.randn(1, 4, 9, 7)
     ref = _untiled(vae, z)
@@ -237,8 +288,8 @@ def test_tiled_with_d4k_kernels(seed):
 
 
 def test_conv_macs_counts_the_real_convs(seed):
-    """conv_macs (the halo-overhead figure in NOTES) against forward hooks on the untiled decode."""
-    from d4k_kernels.vae.tiled import conv_macs
+    """conv_macs (the halo-recompute overhead figure) against forward hooks on the untiled decode."""
+    from d4k_kernels.vae import conv_macs
 
     vae = _vae(THREE)
     z = torch.randn(2, 4, 7, 9)
@@ -260,14 +311,16 @@ def test_conv_macs_counts_the_real_convs(seed):
 def test_waiting_tile_holds_no_tensor_outside_its_live_state(seed):
     """While a tile waits at a GroupNorm, its only big tensors are the ones handed to the driver
     (which may move them to the host): nothing else may pin device memory in the generator frame."""
-    from d4k_kernels.vae.tiled import TorchOps, _Tile, _tile_program
+    from d4k_kernels.vae.tiling.ops import TORCH_OPS
+    from d4k_kernels.vae.tiling.program import decoder_program
+    from d4k_kernels.vae.tiling.windows import Tile
 
     for cfg, kw in ((THREE, {}), (TWO, {"stride": 2})):
         vae = _vae(cfg, SCAutoencoderKL, **kw)
         dec = vae.decoder
         with torch.no_grad():
             x = dec.mid_block(dec.conv_in(torch.randn(1, 4, 6, 5)), None)
-            g = _tile_program(dec, TorchOps, _Tile(x, 0, 6, 0, 5, 6, 5, (0, 6, 0, 5)))
+            g = decoder_program(dec, TORCH_OPS, Tile(x, 0, 6, 0, 5, 6, 5, (0, 6, 0, 5)))
             del x
             req, n_yields = next(g), 0
             while True:
@@ -279,11 +332,11 @@ def test_waiting_tile_holds_no_tensor_outside_its_live_state(seed):
                 for name, v in g.gi_frame.f_locals.items():
                     if isinstance(v, torch.Tensor):
                         assert v.numel() <= 64, f"{name} {tuple(v.shape)} stays in the frame"
-                    if isinstance(v, _Tile) and id(v) not in live_ids:
+                    if isinstance(v, Tile) and id(v) not in live_ids:
                         assert v.t is None, f"tile {name} keeps a tensor"
                 for tl, t in zip(req.live, saved):
                     tl.t = t
-                stats = TorchOps.finalize(req.stats, req.count, req.norm.eps)
+                stats = TORCH_OPS.finalize(req.stats, req.count, req.norm.eps)
                 try:
                     req = g.send(stats)
                 except StopIteration:
@@ -368,12 +421,12 @@ def test_host_memory_warning(monkeypatch):
     shp = (1, 16, 1024, 1024)  # an 8192^2 Flux decode
     plan = plan_tiles(flux.decoder, shp, torch.bfloat16, max_memory="24GiB")
     assert plan.n_tiles > 1 and plan.est_host > 10 * 2**30  # tens of GiB go the host way
-    monkeypatch.setattr(tiled_mod, "_host_available", lambda: 16 * 2**30)
+    monkeypatch.setattr(planner, "host_available", lambda: 16 * 2**30)
     with pytest.warns(ResourceWarning, match=r"GiB of tile state will be parked in pinned host memory.*16\.0 GiB"):
-        assert tiled_mod._warn_if_host_short(plan, shp)
-    monkeypatch.setattr(tiled_mod, "_host_available", lambda: 512 * 2**30)
-    assert not tiled_mod._warn_if_host_short(plan, shp)
+        assert planner.warn_if_host_short(plan)
+    monkeypatch.setattr(planner, "host_available", lambda: 512 * 2**30)
+    assert not planner.warn_if_host_short(plan)
     roomy = plan_tiles(flux.decoder, (1, 16, 512, 512), torch.bfloat16, max_memory="40GiB")
     assert roomy.est_host == 0
-    monkeypatch.setattr(tiled_mod, "_host_available", lambda: 1)
-    assert not tiled_mod._warn_if_host_short(roomy, (1, 16, 512, 512))
+    monkeypatch.setattr(planner, "host_available", lambda: 1)
+    assert not planner.warn_if_host_short(roomy)

@@ -42,7 +42,8 @@ def _interp_cfg(**kw):
 
 
 def test_reference_partitioned_is_plain_shifted(seed):
-    # SPEC section 4: the partitioned tail is the plain tail shifted one output pixel down/right.
+    # docs/ops.md, SC-VAE and exact tiled decoding: the partitioned tail is the plain tail shifted one
+    # output pixel down/right.
     x = torch.randn(1, 6, 5, 4, dtype=torch.float64)
     gw, gb, cw, cb = _params(6, 2, 3, torch.float64)
     yp = tail_reference(x, gw, gb, cw, cb, 3, partitioned=True)
@@ -217,6 +218,25 @@ def test_bad_inputs():
         upconv_tail(x, mean, rstd, gw, gb, cw, cb, 3, partitioned="yes")
     with pytest.raises(ValueError, match="num_groups must be >= 1"):
         upconv_tail(x, mean, rstd, gw, gb, cw, cb, 0)
+
+
+_OPCHECK_BACKENDS = ["cpu"] + (["triton"] if backend.HAS_TRITON and backend.interpreter_enabled() else [])
+
+
+@pytest.mark.parametrize("layout", ["strided", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("impl", _OPCHECK_BACKENDS)
+def test_opcheck(seed, impl, dtype, layout):
+    """torch.library.opcheck of d4k::upconv_tail (both tails, with and without the affine / bias) on the
+    torch path and under the Triton interpreter, with a strided view and a channels_last input."""
+    base = (torch.randn(1, 6, 3, 8) + 0.5).to(dtype)
+    x = base[..., ::2] if layout == "strided" else base.to(memory_format=torch.channels_last)
+    assert not x.is_contiguous()
+    gw, gb, cw, cb = _params(6, 2, 3, dtype)
+    with backend.prefer(impl):
+        mean, rstd = _stats(x, 3)
+        torch.library.opcheck(torch.ops.d4k.upconv_tail.default, (x, mean, rstd, gw, gb, cw, cb, 3, True))
+        torch.library.opcheck(torch.ops.d4k.upconv_tail.default, (x, mean, rstd, None, None, cw, None, 3, False))
 
 
 _LAUNCH_ON = ["interpreter"] + (["cuda"] if torch.cuda.is_available() else [])

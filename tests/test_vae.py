@@ -1,4 +1,5 @@
-"""SCAutoencoderKL against diffusers' AutoencoderKL and plainly written float64 references (SPEC §4)."""
+"""SCAutoencoderKL against diffusers' AutoencoderKL and plainly written float64 references
+(docs/ops.md, SC-VAE and exact tiled decoding)."""
 import os
 
 import pytest
@@ -94,7 +95,7 @@ def test_stride2_partitioned_tail_float64(seed, hw):
         a = F.silu(F.group_norm(h, 4, ref.decoder.conv_norm_out.weight, ref.decoder.conv_norm_out.bias, 1e-6))
         u = F.interpolate(a, scale_factor=2, mode="nearest")
         w, b = ref.decoder.conv_out.weight, ref.decoder.conv_out.bias
-        want = F.conv2d(F.pad(u, (2, 0, 2, 0)), w, b)  # SPEC §4: pad left 2 / top 2, valid conv
+        want = F.conv2d(F.pad(u, (2, 0, 2, 0)), w, b)  # pad left 2 / top 2, valid conv (docs/ops.md)
         assert out.shape == (2, 3, 8 * hw[0], 8 * hw[1])
         torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
         # = the standard up-then-conv shifted one pixel down/right

@@ -60,7 +60,7 @@ def _specs(device: torch.device, quick: bool) -> List[Dict]:
     px = flux_lat * 8
     out = []
     g = f"vae decode Flux F8 -> {px}^2 ({flux_lat}^2 latent) {str(dtype).replace('torch.', '')}"
-    # the time target is a ratio of these two: on CUDA each is the median of 3 warm runs
+    # the time target is a ratio of these two: on CUDA each is the median of 3 warm runs
     # (single runs gave 1.07-1.23x on the same kind of machine)
     runs = 3 if big else 1
     out.append(dict(group=g, impl="diffusers", cfg=flux, lat=flux_lat, mode="untiled", stride=1, runs=runs))
@@ -80,7 +80,7 @@ def _specs(device: torch.device, quick: bool) -> List[Dict]:
 
 
 def _make_fn(spec: Dict, device: torch.device, dtype) -> Callable[[], object]:
-    from ..vae.tiled import ExactTiledDecoder
+    from ..vae.tiling import ExactTiledDecoder
 
     vae = _build(spec["cfg"], device, dtype, spec["stride"])
     lat = spec["lat"]
@@ -202,7 +202,7 @@ def memory_table(device: torch.device, quick: bool = False, extra_8k: bool = Tru
                              f"(est {pl.est_fixed / G:.2f}), largest tile step {dec.last_step_peak_bytes / G:.2f} "
                              f"GiB (est {pl.est_tile / G:.2f}), device state budget {pl.state_budget / G:.2f}")
             del out
-        except Exception as e:  # e.g. out of memory for the untiled 8K decode
+        except (RuntimeError, ValueError) as e:  # e.g. out of memory for the untiled 8K decode: a row says so
             ms, peak, err = float("nan"), float("nan"), f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
         rows.append(dict(group=spec["group"], impl=spec["impl"], ms=ms, peak_gib=peak, psnr_db=psnr, info=info,
                          error=err))

@@ -21,7 +21,7 @@ from typing import Optional, Union
 import torch
 import torch.nn as nn
 
-from ..vae.tiled import ExactTiledDecoder, check_decoder, parse_memory
+from ..vae.tiling import ExactTiledDecoder
 
 __all__ = ["enable_exact_tiling", "disable_exact_tiling", "is_exact_tiling_enabled", "load_vae"]
 
@@ -32,11 +32,12 @@ def _exact_decode(self, z: torch.Tensor, return_dict: bool = True):
     from diffusers.models.autoencoders.vae import DecoderOutput
 
     tiler: ExactTiledDecoder = getattr(self, _ATTR)
-    if tiler.plan(z).n_tiles == 1 and not self.use_tiling:
+    plan = tiler.plan(z)
+    if plan.n_tiles == 1 and not self.use_tiling:
         # one tile: the class's untiled decode is the same computation, without the bookkeeping
         dec = type(self)._decode(self, z, return_dict=True).sample
     else:
-        dec = tiler(z)
+        dec = tiler(z, plan=plan)
     if not return_dict:
         return (dec,)
     return DecoderOutput(sample=dec)
@@ -51,13 +52,12 @@ def enable_exact_tiling(vae: nn.Module, max_memory: Union[int, str, None] = None
     ``max_memory``: device-memory budget ("8GiB", bytes; default 8 GiB or the free memory);
     ``tile``: tile core in latent pixels (overrides the budget); ``progress``: tqdm bar
     (None: on a terminal when there are several tiles); ``halo``, ``use_kernels``, ``offload``:
-    see :class:`d4k_kernels.vae.tiled.ExactTiledDecoder`. Calling it again updates the settings.
+    see :class:`d4k_kernels.vae.ExactTiledDecoder` (which checks them all). Calling it again updates the
+    settings.
     """
     dec = getattr(vae, "decoder", None)
     if dec is None or not hasattr(vae, "_decode"):
         raise TypeError(f"enable_exact_tiling needs a diffusers AutoencoderKL-style VAE, got {type(vae).__name__}")
-    check_decoder(dec)
-    parse_memory(max_memory)
     tiler = ExactTiledDecoder(dec, getattr(vae, "post_quant_conv", None), tile=tile, max_memory=max_memory,
                               halo=halo, progress=progress, use_kernels=use_kernels, offload=offload)
     setattr(vae, _ATTR, tiler)

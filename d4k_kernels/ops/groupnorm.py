@@ -18,7 +18,9 @@ written to a buffer (no atomics: deterministic) and reduced on the host in float
 16 - 2*log10(|mean| / std) significant digits: ~8 digits even at a mean 10^4 times the std.
 Contiguous groups are read as one run (1-D blocks); strided views (tile cores of a larger tensor) in
 [rows, columns] blocks, without per-element index division.
-The torch path (CPU, or float64 inputs) is two-pass: float64 sum, then the centred second moment.
+The torch path (CPU, or float64 inputs) takes each channel's mean and centred variance with
+``torch.var_mean`` and combines them per group in float64 (:func:`_stats_torch`). It is the one torch
+GroupNorm of the package: the exact tiled decoder's torch op table (vae/tiling/ops.py) calls it too.
 
 Dispatch: :func:`d4k_kernels.backend.choose` - CUDA tensors run the Triton kernels, CPU tensors the torch
 path (or the Triton kernels under the interpreter). float64 inputs always take the torch path.
@@ -31,31 +33,35 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
+import warnings
+
 import torch
 
 from .. import backend
 from .._util import cdiv as _cdiv, next_pow2 as _next_pow2
-from .._checks import check_int, check_tensor
+from .._checks import FLOAT_DTYPES, check_int, check_tensor
 
-try:  # pragma: no cover - import guarded for triton-less installs
+if backend.HAS_TRITON:
     import triton
     import triton.language as tl
-except Exception:  # pragma: no cover
-    triton = None
-    tl = None
+else:  # pragma: no cover - triton-less installs run the torch path
+    triton = tl = None
 
-__all__ = ["group_norm_stats", "group_norm_finalize", "group_norm_apply"]
+__all__ = [
+    "group_norm_stats", "group_norm_finalize", "group_norm_apply",
+    # shared with ops/upconv.py (the decoder tail applies the same GroupNorm)
+    "X_DTYPES", "check_groups", "check_stats", "check_affine", "needs_grad", "model_stats_dtype",
+    "channel_scale_shift", "group_norm_apply_torch",
+]
 
-
-
-_X_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+X_DTYPES = FLOAT_DTYPES + (torch.float64,)  # what the GroupNorm ops and the tail take
 
 
 # --------------------------------------------------------------------------------------------------
 # input checks
 # --------------------------------------------------------------------------------------------------
-def _check_x_groups(x, num_groups, name="x"):
-    check_tensor(x, name, dtypes=_X_DTYPES, ndim=4)
+def check_groups(x, num_groups, name="x"):
+    check_tensor(x, name, dtypes=X_DTYPES, ndim=4)
     check_int(num_groups, "num_groups", lo=1)
     C = x.shape[1]
     if C % num_groups != 0:
@@ -63,7 +69,7 @@ def _check_x_groups(x, num_groups, name="x"):
     return C // num_groups
 
 
-def _check_mean_rstd(x, mean, rstd, num_groups):
+def check_stats(x, mean, rstd, num_groups):
     N = x.shape[0]
     for t, n in ((mean, "mean"), (rstd, "rstd")):
         check_tensor(t, n, dtypes=(torch.float32, torch.float64, torch.bfloat16, torch.float16), ndim=2)
@@ -73,12 +79,12 @@ def _check_mean_rstd(x, mean, rstd, num_groups):
             raise ValueError(f"{n} is on {t.device} but x is on {x.device}")
 
 
-def _check_affine(x, weight, bias, wname="weight", bname="bias"):
+def check_affine(x, weight, bias, wname="weight", bname="bias"):
     C = x.shape[1]
     for t, n in ((weight, wname), (bias, bname)):
         if t is None:
             continue
-        check_tensor(t, n, dtypes=_X_DTYPES, ndim=1)
+        check_tensor(t, n, dtypes=X_DTYPES, ndim=1)
         if t.shape[0] != C:
             raise ValueError(f"{n} must have shape ({C},) to match x's {C} channels, got {tuple(t.shape)}")
         if t.device != x.device:
@@ -88,14 +94,12 @@ def _check_affine(x, weight, bias, wname="weight", bname="bias"):
 _WARNED = set()
 
 
-def _needs_grad(*ts, op: str = "") -> bool:
+def needs_grad(*ts, op: str = "") -> bool:
     """True when autograd must see the op (grad mode on and an input requires grad). On CUDA that means the
     slower torch path instead of the fused kernel: warn once, since it is usually a forgotten no_grad()."""
     need = torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in ts)
     if need and op and op not in _WARNED and any(isinstance(t, torch.Tensor) and t.is_cuda for t in ts):
         _WARNED.add(op)
-        import warnings
-
         warnings.warn(f"{op}: an input requires grad with grad mode on, so the differentiable torch path runs "
                       "instead of the fused kernel (slower, more memory); decode under torch.no_grad() or "
                       "torch.inference_mode() to use the kernel", stacklevel=3)
@@ -118,11 +122,14 @@ def model_stats_dtype(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Opt
     return x.dtype
 
 
-def channel_scale_shift(mean, rstd, weight, bias, num_groups, C, dtype=torch.float32, stats_dtype=None):
+def channel_scale_shift(mean, rstd, weight, bias, num_groups, C, dtype=torch.float32, stats_dtype=None,
+                        fused_shift=True):
     """Per-(sample, channel) affine ``y = x * scale + shift`` equal to GroupNorm apply, shape (N, C) each.
 
-    ``stats_dtype``: round mean / rstd to it first (see :func:`model_stats_dtype`). The shift is formed
-    as torch's CUDA kernel does, ``-scale * mean + bias`` with one rounding (a float64 product is exact)."""
+    ``stats_dtype``: round mean / rstd to it first (see :func:`model_stats_dtype`). ``fused_shift``: form
+    the shift as torch's CUDA and CPU kernels do, ``-scale * mean + bias`` with one rounding (a float64
+    product is exact); False: the product is rounded to ``dtype`` before the bias is added (the torch
+    path's form, see :func:`group_norm_apply_torch`)."""
     N = mean.shape[0]
     cg = C // num_groups
     if stats_dtype is not None:
@@ -130,10 +137,15 @@ def channel_scale_shift(mean, rstd, weight, bias, num_groups, C, dtype=torch.flo
     r = rstd.to(dtype).repeat_interleave(cg, dim=1)
     m = mean.to(dtype).repeat_interleave(cg, dim=1)
     scale = r if weight is None else r * weight.to(dtype).view(1, C)
-    shift = -m.double() * scale.double()  # exact for fp32 m, scale: the cast below rounds once
-    if bias is not None:
-        shift = shift + bias.double().view(1, C)
-    shift = shift.to(dtype)
+    if fused_shift:
+        shift = -m.double() * scale.double()  # exact for fp32 m, scale: the cast below rounds once
+        if bias is not None:
+            shift = shift + bias.double().view(1, C)
+        shift = shift.to(dtype)
+    else:
+        shift = -m * scale
+        if bias is not None:
+            shift = shift + bias.to(dtype).view(1, C)
     return scale.reshape(N, C).contiguous(), shift.reshape(N, C).contiguous()
 
 
@@ -294,21 +306,16 @@ def _stats_triton(x: torch.Tensor, num_groups: int) -> torch.Tensor:
 
 
 def _stats_torch(x: torch.Tensor, num_groups: int) -> torch.Tensor:
-    N = x.shape[0]
-    v = x.reshape(N, num_groups, -1)
-    n = v.shape[-1]
-    s1 = v.sum(dim=-1, dtype=torch.float64)
-    mean = s1 / max(n, 1)
-    if x.dtype == torch.float64:
-        m2 = (v - mean.unsqueeze(-1)).square().sum(dim=-1)   # centred second pass: no cancellation
-        return torch.stack([s1, m2 + n * mean * mean], dim=-1)
-    # 16/32-bit: centre on the fp32-rounded mean mr in fp32, sum the squares in float64;
-    # sum (x - mr)^2 = M2 + n (mean - mr)^2, so sumsq = that + 2 mr (s1 - n mr) + n mr^2 exactly
-    mr = mean.to(torch.float32)
-    d = v.to(torch.float32) - mr.unsqueeze(-1)
-    m2r = d.square().sum(dim=-1, dtype=torch.float64)
-    mr64 = mr.to(torch.float64)
-    return torch.stack([s1, m2r + 2 * mr64 * (s1 - n * mr64) + n * mr64 * mr64], dim=-1)
+    """Per-channel variance and mean (``torch.var_mean``: fp32 for 16/32-bit inputs, float64 for float64),
+    combined per group in float64: ``sum = n mean_c``, ``sumsq = n (var_c + mean_c^2)`` summed over the
+    group's channels. No float64 copy of x; the variance is centred per channel (no cancellation)."""
+    N, C = x.shape[:2]
+    n = x.shape[2] * x.shape[3]
+    xf = x if x.dtype in (torch.float32, torch.float64) else x.to(torch.float32)
+    var, mean = torch.var_mean(xf, dim=(2, 3), correction=0)
+    mean, var = mean.to(torch.float64), var.to(torch.float64)
+    s = torch.stack([mean * n, (var + mean * mean) * n], dim=-1)
+    return s.reshape(N, num_groups, C // num_groups, 2).sum(2)
 
 
 def _apply_triton(x, scale, shift, silu):
@@ -329,15 +336,21 @@ def _apply_triton(x, scale, shift, silu):
     return y
 
 
-def _apply_torch(x, mean, rstd, weight, bias, num_groups, silu):
-    """Plain, differentiable torch GroupNorm apply (fp32 math for 16-bit inputs, float64 for float64)."""
+def group_norm_apply_torch(x, mean, rstd, weight, bias, num_groups, silu):
+    """GroupNorm apply in plain, differentiable torch: ``x * scale + shift`` per channel in fp32 (float64
+    for float64 x), rounded to x's dtype, then SiLU on that result (as ``F.silu(F.group_norm(x))`` rounds
+    twice for 16-bit x). mean / rstd are rounded as the model's GroupNorm rounds them
+    (:func:`model_stats_dtype`); the shift is ``-mean * scale`` rounded, plus the bias (the exact tiled
+    decode's torch path computes exactly this, and its output on the CPU is kept bit for bit)."""
     N, C, H, W = x.shape
     cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
     scale, shift = channel_scale_shift(mean, rstd, weight, bias, num_groups, C, cdt,
-                                       stats_dtype=model_stats_dtype(x, weight, bias))
+                                       stats_dtype=model_stats_dtype(x, weight, bias), fused_shift=False)
     v = torch.addcmul(shift.view(N, C, 1, 1), x.to(cdt), scale.view(N, C, 1, 1)).to(x.dtype)
-    if silu:  # on the x.dtype result, as F.silu(F.group_norm(x)) rounds twice for 16-bit x
-        v = torch.nn.functional.silu(v)
+    if silu:
+        # in place where autograd allows: the result keeps addcmul's strides, which an out-of-place SiLU
+        # re-derives (for N = 1 the batch stride), and a CPU conv reading it may take another algorithm
+        v = torch.nn.functional.silu(v, inplace=not v.requires_grad)
     return v
 
 
@@ -367,12 +380,15 @@ def _apply_op(
         scale, shift = channel_scale_shift(mean, rstd, weight, bias, num_groups, x.shape[1],
                                            stats_dtype=model_stats_dtype(x, weight, bias))
         return _apply_triton(x, scale, shift, silu)
-    return _apply_torch(x, mean, rstd, weight, bias, num_groups, silu)
+    return group_norm_apply_torch(x, mean, rstd, weight, bias, num_groups, silu)
 
 
 @_apply_op.register_fake
 def _(x, mean, rstd, weight, bias, num_groups, silu):
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if backend.choose("group_norm_apply", x) == "triton":
+        return torch.empty(x.shape, dtype=x.dtype, device=x.device)  # the kernel writes a contiguous y
+    # the torch path's output follows x's layout (e.g. channels_last): run it on the fake tensors
+    return group_norm_apply_torch(x, mean, rstd, weight, bias, num_groups, silu)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -386,8 +402,7 @@ def group_norm_stats(x: torch.Tensor, num_groups: int, out: Optional[torch.Tenso
     so a tiled decoder can accumulate the statistics of the whole tensor over its tile cores (each element
     must be visited exactly once). Turn the sums into mean / rstd with :func:`group_norm_finalize`.
     """
-    cg = _check_x_groups(x, num_groups)
-    del cg
+    check_groups(x, num_groups)
     if out is not None:
         check_tensor(out, "out", dtypes=(torch.float64,), ndim=3)
         if tuple(out.shape) != (x.shape[0], num_groups, 2):
@@ -450,11 +465,11 @@ def group_norm_apply(
     (:func:`model_stats_dtype`). One fused Triton kernel
     (fp32 math) on CUDA; any strides. When a gradient is needed the differentiable torch path runs instead.
     """
-    _check_x_groups(x, num_groups)
-    _check_mean_rstd(x, mean, rstd, num_groups)
-    _check_affine(x, weight, bias)
+    check_groups(x, num_groups)
+    check_stats(x, mean, rstd, num_groups)
+    check_affine(x, weight, bias)
     if not isinstance(silu, bool):
         raise TypeError(f"silu must be a bool, got {silu!r}")
-    if _needs_grad(x, mean, rstd, weight, bias, op="group_norm_apply"):
-        return _apply_torch(x, mean, rstd, weight, bias, num_groups, silu)
+    if needs_grad(x, mean, rstd, weight, bias, op="group_norm_apply"):
+        return group_norm_apply_torch(x, mean, rstd, weight, bias, num_groups, silu)
     return _apply_op(x, mean, rstd, weight, bias, num_groups, silu)

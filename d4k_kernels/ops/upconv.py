@@ -6,7 +6,7 @@ x is the LOW-resolution tensor (N, C, H, W); y is (N, Cout, 2H, 2W). With a = si
 u = nearest_up2(a) (SiLU commutes with nearest up-sampling):
 
 * ``partitioned=False`` - the plain tail: ``y = conv2d(u, conv_weight, conv_bias, padding=1)``.
-* ``partitioned=True`` - SC-VAE's released tail (SPEC.md section 4):
+* ``partitioned=True`` - SC-VAE's released tail (docs/ops.md, SC-VAE and exact tiled decoding):
   ``y = conv2d(F.pad(u, (2, 0, 2, 0)), conv_weight, conv_bias)`` (valid conv), i.e. the plain tail shifted
   one output pixel down and right, zeros entering from the top / left.
 
@@ -62,21 +62,16 @@ import torch.nn.functional as F
 from .. import backend
 from .._util import cdiv as _cdiv
 from .._checks import check_int, check_tensor
-from .groupnorm import _apply_torch, _check_affine, _check_mean_rstd, _check_x_groups, _needs_grad, \
-    channel_scale_shift
+from .groupnorm import X_DTYPES, channel_scale_shift, check_affine, check_groups, check_stats, \
+    group_norm_apply_torch, needs_grad
 
-try:  # pragma: no cover
+if backend.HAS_TRITON:
     import triton
     import triton.language as tl
-except Exception:  # pragma: no cover
-    triton = None
-    tl = None
+else:  # pragma: no cover - triton-less installs run the torch path
+    triton = tl = None
 
 __all__ = ["upconv_tail", "fold_weights"]
-
-
-
-_X_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
 def fold_weights(conv_weight: torch.Tensor, partitioned: bool, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -502,14 +497,14 @@ def _upconv_triton(x, scale, shift, conv_weight, conv_bias, partitioned):
 def _upconv_torch(x, mean, rstd, gn_weight, gn_bias, conv_weight, conv_bias, num_groups, partitioned):
     """GN apply + SiLU, then conv2d with the folded weights + pixel_shuffle (differentiable; float64 exact)."""
     cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
-    a = _apply_torch(x.to(cdt), mean, rstd, gn_weight, gn_bias, num_groups, silu=True)
+    a = group_norm_apply_torch(x.to(cdt), mean, rstd, gn_weight, gn_bias, num_groups, silu=True)
     wf = fold_weights(conv_weight, partitioned, cdt)
     b4 = conv_bias.to(cdt).repeat_interleave(4) if conv_bias is not None else None
     if partitioned:  # 2x2 taps on rows/cols m-1, m: pad 1 all round, keep the first H x W outputs
         z = F.conv2d(a, wf, b4, padding=1)[..., : a.shape[2], : a.shape[3]]
     else:
         z = F.conv2d(a, wf, b4, padding=1)
-    return F.pixel_shuffle(z, 2).to(x.dtype)
+    return F.pixel_shuffle(z, 2).to(x.dtype).contiguous()  # as the kernel writes it, whatever x's layout
 
 
 @torch.library.custom_op("d4k::upconv_tail", mutates_args=())
@@ -552,14 +547,14 @@ def upconv_tail(
         partitioned: True - SC-VAE's released tail (one output pixel shift, zeros from top/left);
             False - the plain tail (conv padding 1).
     Returns:
-        (N, Cout, 2H, 2W) in x's dtype. No autograd through the kernel (inference); when a gradient is
-        needed the differentiable torch path runs instead. For halo tiles, crop: see the module doc.
+        (N, Cout, 2H, 2W) in x's dtype, contiguous. No autograd through the kernel (inference); when a
+        gradient is needed the differentiable torch path runs instead. For halo tiles, crop: see the module doc.
     """
-    _check_x_groups(x, num_groups)
-    _check_mean_rstd(x, mean, rstd, num_groups)
-    _check_affine(x, gn_weight, gn_bias, "gn_weight", "gn_bias")
+    check_groups(x, num_groups)
+    check_stats(x, mean, rstd, num_groups)
+    check_affine(x, gn_weight, gn_bias, "gn_weight", "gn_bias")
     C = x.shape[1]
-    check_tensor(conv_weight, "conv_weight", dtypes=_X_DTYPES, ndim=4)
+    check_tensor(conv_weight, "conv_weight", dtypes=X_DTYPES, ndim=4)
     if conv_weight.shape[1] != C or tuple(conv_weight.shape[2:]) != (3, 3):
         raise ValueError(f"conv_weight must have shape (Cout, {C}, 3, 3) for x with {C} channels, "
                          f"got {tuple(conv_weight.shape)}")
@@ -567,7 +562,7 @@ def upconv_tail(
     if conv_weight.device != x.device:
         raise ValueError(f"conv_weight is on {conv_weight.device} but x is on {x.device}")
     if conv_bias is not None:
-        check_tensor(conv_bias, "conv_bias", dtypes=_X_DTYPES, ndim=1)
+        check_tensor(conv_bias, "conv_bias", dtypes=X_DTYPES, ndim=1)
         if conv_bias.shape[0] != conv_weight.shape[0]:
             raise ValueError(f"conv_bias must have shape ({conv_weight.shape[0]},) to match conv_weight, "
                              f"got {tuple(conv_bias.shape)}")
@@ -578,6 +573,6 @@ def upconv_tail(
     N, _, H, W = x.shape
     if N == 0 or H == 0 or W == 0:
         return torch.empty((N, conv_weight.shape[0], 2 * H, 2 * W), dtype=x.dtype, device=x.device)
-    if _needs_grad(x, mean, rstd, gn_weight, gn_bias, conv_weight, conv_bias, op="upconv_tail"):
+    if needs_grad(x, mean, rstd, gn_weight, gn_bias, conv_weight, conv_bias, op="upconv_tail"):
         return _upconv_torch(x, mean, rstd, gn_weight, gn_bias, conv_weight, conv_bias, num_groups, partitioned)
     return _upconv_op(x, mean, rstd, gn_weight, gn_bias, conv_weight, conv_bias, num_groups, partitioned)

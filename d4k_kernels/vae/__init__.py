@@ -1,4 +1,5 @@
-"""VAE decoding for 4K-8K images: the SC-VAE (F16) model and exact tiled decoding (SPEC.md §4).
+"""VAE decoding for 4K-8K images: the SC-VAE (F16) model and exact tiled decoding (docs/ops.md, SC-VAE and
+exact tiled decoding).
 
     from d4k_kernels.vae import SCAutoencoderKL, tiled_decode
     vae = SCAutoencoderKL.from_pretrained("path/to/sc-vae")      # honours config "stride": 2
@@ -10,10 +11,10 @@ from __future__ import annotations
 
 import importlib
 
-_EXPORTS = {
-    "SCAutoencoderKL": "sc_vae", "SCDecoder": "sc_vae", "SC_VAE_CONFIG": "sc_vae", "FLUX_VAE_CONFIG": "sc_vae",
-    "tiled_decode": "tiled", "ExactTiledDecoder": "tiled", "TilePlan": "tiled", "plan_tiles": "tiled",
-    "parse_memory": "tiled", "required_halo": "tiled", "conv_macs": "tiled",
+_EXPORTS = {  # name -> the module (relative to this package) that defines it
+    "SCAutoencoderKL": ".sc_vae", "SCDecoder": ".sc_vae", "SC_VAE_CONFIG": ".sc_vae", "FLUX_VAE_CONFIG": ".sc_vae",
+    "tiled_decode": ".tiling", "ExactTiledDecoder": ".tiling", "TilePlan": ".tiling", "plan_tiles": ".tiling",
+    "required_halo": ".tiling", "conv_macs": ".tiling", "parse_memory": ".._util",
 }
 __all__ = sorted(_EXPORTS)
 
@@ -22,7 +23,7 @@ def __getattr__(name):
     mod = _EXPORTS.get(name)
     if mod is None:
         raise AttributeError(f"module 'd4k_kernels.vae' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{mod}"), name)
+    value = getattr(importlib.import_module(mod, __name__), name)
     globals()[name] = value
     return value
 

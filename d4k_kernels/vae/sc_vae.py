@@ -1,4 +1,5 @@
-"""SC-VAE: a diffusers AutoencoderKL that honours the config field ``stride`` (SPEC.md §4).
+"""SC-VAE: a diffusers AutoencoderKL that honours the config field ``stride`` (docs/ops.md, SC-VAE and
+exact tiled decoding).
 
 ``stride=1`` is exactly diffusers' AutoencoderKL. ``stride=2`` (the Diffusion-4K SC-VAE, F16):
 
@@ -27,7 +28,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.models.autoencoders.vae import Decoder
 
 from .._checks import check_choice
-from .tiled import get_ops
+from .tiling.ops import get_ops, up2_conv
 
 __all__ = ["SCAutoencoderKL", "SCDecoder", "SC_VAE_CONFIG", "FLUX_VAE_CONFIG"]
 
@@ -47,7 +48,7 @@ class SCDecoder(Decoder):
 
     stride: int = 1
     partitioned: bool = True
-    use_kernels: Optional[bool] = None  # None: d4k kernels when importable and on CUDA
+    use_kernels: Optional[bool] = None  # None: d4k kernels on CUDA
 
     @classmethod
     def from_decoder(cls, dec: Decoder, stride: int = 1, partitioned: bool = True) -> "SCDecoder":
@@ -77,10 +78,7 @@ class SCDecoder(Decoder):
         count = (x.shape[1] // norm.num_groups) * x.shape[-2] * x.shape[-1]
         if ops.name == "torch":
             # GroupNorm's own statistics, exactly as nn.GroupNorm computes them
-            y = self.conv_act(norm(x))
-            y = nn.functional.interpolate(y, scale_factor=2.0, mode="nearest")
-            y = nn.functional.pad(y, (2, 0, 2, 0) if self.partitioned else (1, 1, 1, 1))
-            return nn.functional.conv2d(y, self.conv_out.weight, self.conv_out.bias)
+            return up2_conv(self.conv_act(norm(x)), self.conv_out.weight, self.conv_out.bias, self.partitioned)
         stats = ops.stats(x, norm.num_groups)
         mean, rstd = ops.finalize(stats, count, norm.eps)
         return ops.upconv_tail(x, mean, rstd, norm.weight, norm.bias, self.conv_out.weight, self.conv_out.bias,
