@@ -89,6 +89,7 @@ OPS: Dict[str, OpBackends] = {
     "group_norm_stats": _VAE,
     "group_norm_apply": _VAE,
     "upconv_tail": _VAE,
+    "attention": _VAE,
 }
 
 _preferred: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("d4k_backend", default=None)
