@@ -50,6 +50,16 @@ bench_rc=0
 timeout "$(left ${D4K_GPU_VAE_LIMIT:-140})" python3 -m d4k_kernels.benchmarks.vae --device cuda ${D4K_GPU_VAE_ARGS:-} > "$OUT/vae_memory.log" 2>&1 \
   || { echo "vae memory table stopped (rc $?), see vae_memory.log"; bench_rc=1; }
 
+# 3a. attention at head dim 512 (the VAE mid-block at 4096^2 and 8192^2) beside torch SDPA's backends,
+#     with the kernel's other tilings at 4096^2; pytest-benchmark JSON (median time, TFLOP/s per case);
+#     D4K_GPU_ATTN=0 skips it (about 90 s on an H200 by the case list: ~0.4 s a call for d4k, ~1.6 s for SDPA)
+if [[ "${D4K_GPU_ATTN:-1}" == 1 ]]; then
+  timeout "$(left ${D4K_GPU_ATTN_LIMIT:-120})" python3 -m pytest -q -p no:cacheprovider bench/bench_attention.py \
+    --benchmark-min-rounds=3 --benchmark-warmup=off --benchmark-columns=median,rounds \
+    --benchmark-json "$OUT/bench_attention.json" > "$OUT/bench_attention.log" 2>&1 \
+    || { echo "bench attention stopped (rc $?), see bench_attention.log"; bench_rc=1; }
+fi
+
 # 3. the 4K benchmarks, one table per op family (d4k beside its peers); JSON rows are written after every
 #    group, so a family stopped by its limit keeps what it finished
 declare -A LIMIT=([haar]=40 [wavelet_loss]=${D4K_GPU_WLF_LIMIT:-45} [upconv]=40 [glcm]=30)
@@ -93,6 +103,15 @@ for p in sys.argv[1:]:
     for r in rows:
         if r["impl"].startswith("d4k ") and "triton" not in r["impl"]:
             print(f"  {r['group'][:43]:<44}{r['impl'][:24]:<25}{r['ms']:>9.4f} ms  graph {r.get('graph_ms', float('nan')):.4f} ms")
+PY
+fi
+if [[ -f "$OUT/bench_attention.json" ]]; then
+python3 - "$OUT/bench_attention.json" <<'PY'
+import json, sys
+print("attention (median ms, TFLOP/s = 4*M*N*D per head / median)")
+for b in json.load(open(sys.argv[1]))["benchmarks"]:
+    ms, tf = b["stats"]["median"] * 1e3, b["extra_info"].get("TFLOP/s", float("nan"))
+    print(f"  {b['group'][:66]:<67}{b['extra_info']['impl'][:34]:<35}{ms:>10.2f} ms {tf:>8.3g}")
 PY
 fi
 [[ -f "$OUT/sweep.log" ]] && grep -v -i warn "$OUT/sweep.log"
