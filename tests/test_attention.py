@@ -370,15 +370,32 @@ def test_mask_runs_diffusers_processor(seed):
 
 
 def test_tiled_decode_with_the_processor(seed):
-    """The exact tiled decode (its mid-block on the whole latent) with the processor on == the untiled
-    stock decode."""
+    """A VAE with the processor enabled: the exact tiled decode == the untiled stock decode."""
     vae = _vae(SCAutoencoderKL, stride=2)
     z = torch.randn(1, 4, 11, 9)
     with torch.no_grad():
         ref = vae.decode(z).sample
     enable_fast_vae_attention(vae)
-    out = tiled_decode(vae, z, tile=4, progress=False)
-    _close(out, ref)
+    _close(tiled_decode(vae, z, tile=4, progress=False), ref)
+
+
+def test_tiled_decoder_runs_its_mid_block_through_the_processor(monkeypatch, seed):
+    """With the d4k kernels (use_kernels=True; the default on CUDA) the tiled decoder's whole-latent
+    mid-block runs the processor, once, and the VAE keeps its own processor afterwards; with
+    use_kernels=False the model's own processor runs."""
+    vae = _vae()
+    z = torch.randn(1, 4, 10, 9)
+    with torch.no_grad():
+        ref = vae.decode(z).sample
+    calls = []
+    real = vae_attention.attention
+    monkeypatch.setattr(vae_attention, "attention", lambda q, k, v: calls.append(tuple(q.shape)) or real(q, k, v))
+    with backend.prefer("cpu"):   # the d4k op table on its CPU paths (the interpreter is slow)
+        _close(tiled_decode(vae, z, tile=5, progress=False, use_kernels=True), ref)
+    assert calls == [(1, 1, 90, 64)]
+    assert isinstance(vae.decoder.mid_block.attentions[0].processor, AttnProcessor2_0)
+    _close(tiled_decode(vae, z, tile=5, progress=False, use_kernels=False), ref)
+    assert len(calls) == 1
 
 
 @pytest.mark.cuda

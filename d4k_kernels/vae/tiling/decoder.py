@@ -22,6 +22,7 @@ import torch.nn as nn
 from ..._checks import check_int, check_tensor
 from ..._util import parse_memory
 from ...ops.groupnorm import X_DTYPES
+from ..attention import fast_vae_attention
 from .driver import run_tiles
 from .ops import get_ops
 from .parking import Store
@@ -110,7 +111,7 @@ class ExactTiledDecoder:
     ``tile``: core size in latent pixels (default: from ``max_memory``); ``halo``: context in
     latent pixels (default and minimum: the receptive field); ``max_memory``: bytes or "8GiB"
     (kept in bytes); ``progress``: tqdm bar (None = only on a terminal and for more than one tile);
-    ``use_kernels``: the d4k GroupNorm / upconv kernels (None = on CUDA);
+    ``use_kernels``: the d4k GroupNorm / upconv / attention kernels (None = on CUDA);
     ``offload``: park tile state in pinned CPU memory when it does not fit the budget
     (None/True) or never (False).
     ``measure_memory``: on CUDA, also measure the parts of the memory model the planner estimates
@@ -157,7 +158,7 @@ class ExactTiledDecoder:
         ops = get_ops(z.device, self.use_kernels)
         measure = self.measure_memory and z.device.type == "cuda"
         fixed, step = _PeakMeter(z.device, measure), _PeakMeter(z.device, measure)
-        with fixed.part():
+        with fixed.part(), fast_vae_attention(self.decoder.mid_block, enabled=ops.name == "d4k"):
             x = self._whole_latent(z)
         programs = [decoder_program(self.decoder, ops, Tile.of(x, core, plan.halo)) for core in plan.tiles]
         out = _Output(x.shape[0], x.shape[2] * self.structure.scale, x.shape[3] * self.structure.scale)
