@@ -284,12 +284,12 @@ _CFG = dict(down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDeco
 
 
 def _vae(cls=AutoencoderKL, **kw):
+    """A tiny VAE with random weights, perturbed so that no layer keeps its initial values."""
     torch.manual_seed(torch.initial_seed() % 1000)
-    m = cls(**_CFG, **kw)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return m.eval()
+    m = cls(**_CFG, **kw).eval()
+    flat = torch.nn.utils.parameters_to_vector(m.parameters())
+    torch.nn.utils.vector_to_parameters(flat.detach() + 0.05 * torch.randn_like(flat), m.parameters())
+    return m
 
 
 def _close(out, ref):
