@@ -37,6 +37,10 @@ _EXPORTS = {
     "group_norm_stats": "d4k_kernels.ops.groupnorm",
     "group_norm_finalize": "d4k_kernels.ops.groupnorm",
     "group_norm_apply": "d4k_kernels.ops.groupnorm",
+    # attention for head dims up to 512 (ops/attention.py) and the VAE processor using it (vae/attention.py)
+    "attention": "d4k_kernels.ops.attention",
+    "enable_fast_vae_attention": "d4k_kernels.vae.attention",
+    "disable_fast_vae_attention": "d4k_kernels.vae.attention",
     # SC-VAE and exact tiled decoding (vae/, integrations/)
     "SCAutoencoderKL": "d4k_kernels.vae",
     "tiled_decode": "d4k_kernels.vae",
