@@ -11,9 +11,12 @@ from conftest import fake_extensions
 
 import d4k_kernels
 from d4k_kernels import backend, settings
-from d4k_kernels.ops import haar
+from d4k_kernels.ops import _haar_torch, haar
 from d4k_kernels.reference import haar as ref
 from d4k_kernels.reference.peers import import_pytorch_wavelets
+
+if backend.HAS_TRITON:
+    from d4k_kernels.ops import _haar_triton
 
 pywt = pytest.importorskip("pywt")
 
@@ -134,10 +137,12 @@ def test_multi_group_plan(backend_device, seed):
     """More levels than one launch carries (64x64, J=6 -> groups of 5 + 1) and odd sizes that
     split the plan; the plan itself is checked too."""
     _, dev = backend_device
-    assert haar._plan(haar._chain(512, 3), haar._chain(512, 3)) == [(0, 3)]
-    assert haar._plan(haar._chain(512, 9), haar._chain(512, 9)) == [(0, 5), (5, 4)]
-    assert haar._plan(haar._chain(4095, 3), haar._chain(4096, 3)) == [(0, 3)]   # 4095 -> 2048 -> 1024
-    assert haar._plan(haar._chain(20, 3), haar._chain(20, 3)) == [(0, 2), (2, 1)]  # 20 -> 10 -> 5 (odd) -> 3
+    if backend.HAS_TRITON:
+        plan, chain = _haar_triton.plan, _haar_torch.chain
+        assert plan(chain(512, 3), chain(512, 3)) == [(0, 3)]
+        assert plan(chain(512, 9), chain(512, 9)) == [(0, 5), (5, 4)]
+        assert plan(chain(4095, 3), chain(4096, 3)) == [(0, 3)]   # 4095 -> 2048 -> 1024
+        assert plan(chain(20, 3), chain(20, 3)) == [(0, 2), (2, 1)]  # 20 -> 10 -> 5 (odd) -> 3
     for (H, W, J), mode in [((64, 64, 6), "zero"), ((20, 40, 3), "reflect"), ((13, 50, 4), "symmetric")]:
         x = torch.randn(1, 2, H, W, dtype=torch.float64, device=dev)
         if True:
@@ -456,7 +461,7 @@ def test_offsets_are_int64():
         plane = tl.program_id(0) + 5
         rows = tl.arange(0, 4) + 3
         cols = tl.arange(0, 4) * 0 + 2
-        tl.store(out_ptr + tl.arange(0, 4), haar._offset3(plane, rows, cols, s_plane, s_row, s_col))
+        tl.store(out_ptr + tl.arange(0, 4), _haar_triton._offset3(plane, rows, cols, s_plane, s_row, s_col))
 
     out = torch.zeros(4, dtype=torch.int64)
     sp, sr, sc = 2**30, 2**30 + 7, 2**30 - 3
@@ -470,11 +475,11 @@ import triton, triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from d4k_kernels import settings
-from d4k_kernels.ops import haar
-for kern, levels in [(haar._haar_fwd_kernel, 1), (haar._haar_fwd_kernel, 3), (haar._haar_inv_kernel, 2)]:
+from d4k_kernels.ops import _haar_triton as kt
+for kern, levels in [(kt._haar_fwd_kernel, 1), (kt._haar_fwd_kernel, 3), (kt._haar_inv_kernel, 2)]:
     names = kern.arg_names
     const = {"LEVELS": levels, "MODE": 1, "ACC": tl.float32}
-    const["BR"], const["BC"] = haar._tiles(levels, settings.current().haar_tile)
+    const["BR"], const["BC"] = kt._tiles(levels, settings.current().haar_tile)
     sig = {n: "constexpr" if n in const else ("*bf16" if n.endswith("_ptr") else "i32") for n in names}
     consts = {(names.index(n),): v for n, v in const.items() if n in names}
     k = triton.compile(ASTSource(fn=kern, signature=sig, constexprs=consts),
