@@ -365,10 +365,10 @@ def test_gpu_tile_sizes_under_interpreter(seed, monkeypatch, levels):
     with ragged edges, run by the Triton interpreter."""
     if not (backend.HAS_TRITON and backend.interpreter_enabled()):
         pytest.skip("needs the Triton interpreter")
-    import d4k_kernels.ops.wavelet_loss as wl
+    import d4k_kernels.ops._wlf_triton as wl
 
-    orig = wl._tiles
-    monkeypatch.setattr(wl, "_tiles", lambda H, W, J, fixed=True: orig(H, W, J, True))
+    orig = wl.tiles
+    monkeypatch.setattr(wl, "tiles", lambda H, W, J, fixed=True: orig(H, W, J, True))
     (p, xt, x0), sig, w = _inputs((1, 2, 37, 141), "cpu", torch.bfloat16)
     bw = [0.5 + 0.25 * k for k in range(1 + 3 * levels)]
     with backend.prefer("triton"):
@@ -565,7 +565,7 @@ import re
 import triton, triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from d4k_kernels.ops import wavelet_loss as wl
+from d4k_kernels.ops import _wlf_triton as wl
 FP32 = ("sigma_ptr", "bw_ptr", "part_ptr", "go_ptr", "w_ptr", "epart_ptr")
 DIV16 = ("H", "W", "sp_n", "sp_c", "sp_h", "st_n", "st_c", "st_h", "s0_n", "s0_c", "s0_h")
 jobs = [(wl._wl_fwd_kernel, 1, True, {}), (wl._wl_fwd_kernel, 5, False, {}),
@@ -575,7 +575,7 @@ jobs = [(wl._wl_fwd_kernel, 1, True, {}), (wl._wl_fwd_kernel, 5, False, {}),
         (wl._wl_bwd_kernel, 1, False, dict(W_PRED=True, W_XT=False, W_X0=False, W_SIGMA=False))]
 for kern, levels, unit, flags in jobs:
     names = kern.arg_names
-    bh, bw, _, _ = wl._tiles(4096, 4096, levels)
+    bh, bw, _, _ = wl.tiles(4096, 4096, levels)
     const = dict(HAS_XT=True, LEVELS=levels, BH=bh, BW=bw, ACC=tl.float32, UNIT_W=unit, **flags)
     sig = {n: "constexpr" if n in const else (("*fp32" if n in FP32 else "*bf16") if n.endswith("_ptr")
                                               else "i32")

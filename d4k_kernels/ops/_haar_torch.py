@@ -125,8 +125,9 @@ def idwt_level(ll: torch.Tensor, yh: torch.Tensor, functional: bool = False) -> 
         out = torch.stack((top, bot), dim=-3) * 0.5          # (..., h, 2, w, 2)
     else:
         out = torch.empty(lead + (h, 2, w, 2), dtype=ll.dtype, device=ll.device)
-        pair_sums(p, q, out=(out[..., :, 0, :, 0], out[..., :, 0, :, 1]))   # the four polyphase
-        pair_sums(r, t, out=(out[..., :, 1, :, 0], out[..., :, 1, :, 1]))   # components, in place
+        top, bot = out.unbind(-3)
+        pair_sums(p, q, out=top.unbind(-1))                  # the four polyphase components,
+        pair_sums(r, t, out=bot.unbind(-1))                  # written in place
         out.mul_(0.5)
     return out.reshape(lead + (2 * h, 2 * w))
 
