@@ -53,6 +53,7 @@ def _offset3(plane, rows, cols, s_plane, s_row, s_col):
     """int64 element offsets of (plane, rows, cols): no int32 product can overflow."""
     return plane.to(tl.int64) * s_plane + rows.to(tl.int64) * s_row + cols.to(tl.int64) * s_col
 
+
 @triton.jit
 def _store_bands(ptr, plane, tr, tc, hk, wk, lh, hl, hh):
     """Store one level's three (R, C) detail tiles (tile (tr, tc)) into a contiguous
@@ -67,6 +68,7 @@ def _store_bands(ptr, plane, tr, tc, hk, wk, lh, hl, hh):
     tl.store(ptr + off, lh.to(ty), mask=m)
     tl.store(ptr + off + step, hl.to(ty), mask=m)
     tl.store(ptr + off + 2 * step, hh.to(ty), mask=m)
+
 
 @triton.jit
 def _load_bands(ptr, plane, tr, tc, hk, wk, like):
@@ -224,6 +226,7 @@ def _haar_fwd_kernel(
     p64 = plane.to(tl.int64)
     off = (p64 * hL + rows.to(tl.int64)[:, None]) * wL + cols.to(tl.int64)[None, :]
     tl.store(ll_ptr + off, ll.to(ll_ptr.dtype.element_ty), mask=mo)
+
 
 @triton.jit(do_not_specialize=["hL", "o_h", "tiles_w", "tiles_per_plane"])
 def _haar_inv_kernel(

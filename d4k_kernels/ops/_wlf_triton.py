@@ -100,6 +100,17 @@ def _band_ssq(bw_ptr, j, lh, hl, hh):
 
 
 @triton.jit
+def _up(g, ll, lh, hl, hh, wll, bw_ptr, J: tl.constexpr, LEVELS: tl.constexpr, ACC: tl.constexpr):
+    """One inverse level of the gradient: from g (w.r.t. level J + 1's LL; at the coarsest level,
+    J + 1 == LEVELS, the weighted LL itself) and the weighted details to the gradient w.r.t. that
+    level's input, a (2h, 2w) tile."""
+    if J + 1 == LEVELS:
+        g = ll * wll
+    x4 = _ihaar(g, lh * _w(bw_ptr, 3 * J + 1), hl * _w(bw_ptr, 3 * J + 2), hh * _w(bw_ptr, 3 * J + 3), ACC)
+    return tl.reshape(x4, (2 * ll.shape[0], 2 * ll.shape[1]))
+
+
+@triton.jit
 def _grid(BH: tl.constexpr, BW: tl.constexpr, H, W):
     """Rows [2BH, 1] and columns [1, 2BW] of this program's tile, and the in-image mask."""
     row = tl.program_id(1) * (2 * BH) + tl.arange(0, 2 * BH)[:, None]
@@ -108,34 +119,37 @@ def _grid(BH: tl.constexpr, BW: tl.constexpr, H, W):
     return row, col, mask
 
 
+@triton.jit
+def _tile_inputs(pred_ptr, xt_ptr, x0_ptr, sigma_ptr, C, H, W,
+                 sp_n, sp_c, sp_h, sp_w, st_n, st_c, st_h, st_w, s0_n, s0_c, s0_h, s0_w,
+                 HAS_XT: tl.constexpr, UNIT_W: tl.constexpr, ACC: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr):
+    """This program's plane (n, c), sigma_n, its tile's rows / columns / in-image mask, and d and
+    pred over the tile."""
+    plane = tl.program_id(0)
+    n = (plane // C).to(tl.int64)
+    c = (plane % C).to(tl.int64)
+    sigma = tl.load(sigma_ptr + n).to(ACC)
+    row, col, mask = _grid(BH, BW, H, W)
+    d, p = _load_diff(pred_ptr, xt_ptr, x0_ptr, sigma, n, c, row, col, mask,
+                      sp_n, sp_c, sp_h, sp_w, st_n, st_c, st_h, st_w, s0_n, s0_c, s0_h, s0_w,
+                      HAS_XT, UNIT_W, ACC)
+    return plane, n, c, sigma, row, col, mask, d, p
+
+
 @triton.jit(do_not_specialize=["C", "n_tiles"])
 def _wl_fwd_kernel(pred_ptr, xt_ptr, x0_ptr, sigma_ptr, bw_ptr, part_ptr,
                    C, H, W, n_tiles,
                    sp_n, sp_c, sp_h, sp_w, st_n, st_c, st_h, st_w, s0_n, s0_c, s0_h, s0_w,
                    HAS_XT: tl.constexpr, LEVELS: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
                    ACC: tl.constexpr, UNIT_W: tl.constexpr):
-    plane = tl.program_id(0)
-    n = (plane // C).to(tl.int64)
-    c = (plane % C).to(tl.int64)
-    sigma = tl.load(sigma_ptr + n).to(ACC)
-    row, col, mask = _grid(BH, BW, H, W)
-    d, _p = _load_diff(pred_ptr, xt_ptr, x0_ptr, sigma, n, c, row, col, mask,
-                       sp_n, sp_c, sp_h, sp_w, st_n, st_c, st_h, st_w, s0_n, s0_c, s0_h, s0_w,
-                       HAS_XT, UNIT_W, ACC)
+    plane, n, c, sigma, row, col, mask, d, p = _tile_inputs(
+        pred_ptr, xt_ptr, x0_ptr, sigma_ptr, C, H, W, sp_n, sp_c, sp_h, sp_w, st_n, st_c, st_h, st_w,
+        s0_n, s0_c, s0_h, s0_w, HAS_XT, UNIT_W, ACC, BH, BW)
     ll, lh, hl, hh = _haar(tl.reshape(d, (BH, 2, BW, 2)), ACC)
     acc = _band_ssq(bw_ptr, 0, lh, hl, hh)
-    if LEVELS >= 2:
-        ll, lh, hl, hh = _haar(tl.reshape(ll, (BH // 2, 2, BW // 2, 2)), ACC)
-        acc += _band_ssq(bw_ptr, 1, lh, hl, hh)
-    if LEVELS >= 3:
-        ll, lh, hl, hh = _haar(tl.reshape(ll, (BH // 4, 2, BW // 4, 2)), ACC)
-        acc += _band_ssq(bw_ptr, 2, lh, hl, hh)
-    if LEVELS >= 4:
-        ll, lh, hl, hh = _haar(tl.reshape(ll, (BH // 8, 2, BW // 8, 2)), ACC)
-        acc += _band_ssq(bw_ptr, 3, lh, hl, hh)
-    if LEVELS >= 5:
-        ll, lh, hl, hh = _haar(tl.reshape(ll, (BH // 16, 2, BW // 16, 2)), ACC)
-        acc += _band_ssq(bw_ptr, 4, lh, hl, hh)
+    for j in tl.static_range(1, LEVELS):    # unrolled at compile time: level j + 1 on the LL tile
+        ll, lh, hl, hh = _haar(tl.reshape(ll, (BH >> j, 2, BW >> j, 2)), ACC)
+        acc += _band_ssq(bw_ptr, j, lh, hl, hh)
     acc += _w(bw_ptr, 0) * _ssq(ll)
     tile = tl.program_id(1) * tl.num_programs(2) + tl.program_id(2)
     tl.store(part_ptr + plane.to(tl.int64) * n_tiles + tile, acc)
@@ -155,14 +169,9 @@ def _wl_bwd_kernel(pred_ptr, xt_ptr, x0_ptr, sigma_ptr, bw_ptr, go_ptr, go_strid
     of compiled variants small: a ones tensor stands for "no weighting" / "upstream gradient 1").
     Also writes the forward's per-tile energy partials (used when forward and gradient run as one
     pass; cheap enough to write always, which halves the compiled variants)."""
-    plane = tl.program_id(0)
-    n = (plane // C).to(tl.int64)
-    c = (plane % C).to(tl.int64)
-    sigma = tl.load(sigma_ptr + n).to(ACC)
-    row, col, mask = _grid(BH, BW, H, W)
-    d, p = _load_diff(pred_ptr, xt_ptr, x0_ptr, sigma, n, c, row, col, mask,
-                      sp_n, sp_c, sp_h, sp_w, st_n, st_c, st_h, st_w, s0_n, s0_c, s0_h, s0_w,
-                      HAS_XT, UNIT_W, ACC)
+    plane, n, c, sigma, row, col, mask, d, p = _tile_inputs(
+        pred_ptr, xt_ptr, x0_ptr, sigma_ptr, C, H, W, sp_n, sp_c, sp_h, sp_w, st_n, st_c, st_h, st_w,
+        s0_n, s0_c, s0_h, s0_w, HAS_XT, UNIT_W, ACC, BH, BW)
     ll1, lh1, hl1, hh1 = _haar(tl.reshape(d, (BH, 2, BW, 2)), ACC)
     if LEVELS >= 2:
         ll2, lh2, hl2, hh2 = _haar(tl.reshape(ll1, (BH // 2, 2, BW // 2, 2)), ACC)
@@ -174,28 +183,16 @@ def _wl_bwd_kernel(pred_ptr, xt_ptr, x0_ptr, sigma_ptr, bw_ptr, go_ptr, go_strid
         ll5, lh5, hl5, hh5 = _haar(tl.reshape(ll4, (BH // 16, 2, BW // 16, 2)), ACC)
     wll = _w(bw_ptr, 0)
     # inverse, coarsest level first; g is the gradient w.r.t. the LL of the level below
-    if LEVELS == 5:
-        g = ll5 * wll
-        g = tl.reshape(_ihaar(g, lh5 * _w(bw_ptr, 13), hl5 * _w(bw_ptr, 14), hh5 * _w(bw_ptr, 15), ACC),
-                       (BH // 8, BW // 8))
-    if LEVELS == 4:
-        g = ll4 * wll
+    g = ll1     # a placeholder: the coarsest level's _up starts from its own LL
+    if LEVELS >= 5:
+        g = _up(g, ll5, lh5, hl5, hh5, wll, bw_ptr, 4, LEVELS, ACC)
     if LEVELS >= 4:
-        g = tl.reshape(_ihaar(g, lh4 * _w(bw_ptr, 10), hl4 * _w(bw_ptr, 11), hh4 * _w(bw_ptr, 12), ACC),
-                       (BH // 4, BW // 4))
-    if LEVELS == 3:
-        g = ll3 * wll
+        g = _up(g, ll4, lh4, hl4, hh4, wll, bw_ptr, 3, LEVELS, ACC)
     if LEVELS >= 3:
-        g = tl.reshape(_ihaar(g, lh3 * _w(bw_ptr, 7), hl3 * _w(bw_ptr, 8), hh3 * _w(bw_ptr, 9), ACC),
-                       (BH // 2, BW // 2))
-    if LEVELS == 2:
-        g = ll2 * wll
+        g = _up(g, ll3, lh3, hl3, hh3, wll, bw_ptr, 2, LEVELS, ACC)
     if LEVELS >= 2:
-        g = tl.reshape(_ihaar(g, lh2 * _w(bw_ptr, 4), hl2 * _w(bw_ptr, 5), hh2 * _w(bw_ptr, 6), ACC),
-                       (BH, BW))
-    if LEVELS == 1:
-        g = ll1 * wll
-    g4 = _ihaar(g, lh1 * _w(bw_ptr, 1), hl1 * _w(bw_ptr, 2), hh1 * _w(bw_ptr, 3), ACC)
+        g = _up(g, ll2, lh2, hl2, hh2, wll, bw_ptr, 1, LEVELS, ACC)
+    g4 = _up(g, ll1, lh1, hl1, hh1, wll, bw_ptr, 0, LEVELS, ACC)      # (2BH, 2BW)
     # energy partials of the forward (see the docstring)
     en = _band_ssq(bw_ptr, 0, lh1, hl1, hh1)
     if LEVELS >= 2:
@@ -219,7 +216,7 @@ def _wl_bwd_kernel(pred_ptr, xt_ptr, x0_ptr, sigma_ptr, bw_ptr, go_ptr, go_strid
     etile = tl.program_id(1) * tl.num_programs(2) + tl.program_id(2)
     tl.store(epart_ptr + plane.to(tl.int64) * n_tiles + etile, en)
     ge = tl.load(go_ptr + n * go_stride).to(ACC) * tl.load(w_ptr + n).to(ACC) / n_div
-    g4 = tl.reshape(g4, (2 * BH, 2 * BW)) * (2.0 * ge)
+    g4 = g4 * (2.0 * ge)
     # contiguous outputs (N, C, H, W)
     off = (n * C + c) * H * W + row.to(tl.int64) * W + col.to(tl.int64)
     if W_PRED:
