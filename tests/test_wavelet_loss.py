@@ -522,6 +522,61 @@ def test_registered_op_opcheck_and_grads(backend_device, seed):
         _close(g, gr, 2e-6, what="op grad")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+def test_opcheck(seed, impl, dtype):
+    """torch.library.opcheck (schema, fake, autograd registration, AOT dispatch) of
+    d4k::wavelet_energy and d4k::wavelet_energy_backward on each implementation, with and without
+    x_t, from non-contiguous inputs. The backward op has no derivative of its own, so its inputs do
+    not require grad."""
+    if impl == "triton" and not (backend.HAS_TRITON and backend.interpreter_enabled()):
+        pytest.skip("needs the Triton interpreter")
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    p = torch.randn(2, 3, 6, 5, dtype=torch.float64).to(dtype).transpose(-1, -2).requires_grad_(True)
+    xt = torch.randn(2, 3, 5, 6, dtype=torch.float64).to(dtype).requires_grad_(True)
+    x0 = torch.randn(2, 3, 5, 12, dtype=torch.float64).to(dtype)[..., ::2]
+    sig = torch.rand(2, dtype=acc, requires_grad=True)
+    ge = torch.rand(2, dtype=acc)
+    weights = [1.0, 2.0, 0.5, 3.0, 1.5, 0.25, 2.0]
+    assert not p.is_contiguous() and not x0.is_contiguous()
+    with backend.prefer("triton" if impl == "triton" else "cpu"):
+        assert backend.choose("wavelet_energy", p) == impl
+        for x_t in (xt, None):
+            torch.library.opcheck(torch.ops.d4k.wavelet_energy.default, (p, x_t, x0, sig, weights, 2))
+            need = [True, x_t is not None, True, True]
+            args = (ge, p.detach(), x_t.detach() if x_t is not None else None, x0, sig.detach(), weights, 2, need)
+            torch.library.opcheck(torch.ops.d4k.wavelet_energy_backward.default, args)
+
+
+def test_forward_ad_and_torch_func(backend_device, seed):
+    """Under forward-mode AD and torch.func transforms the loss runs the torch path op by op
+    (ops/_route.py), on every backend: jvp and forward AD give <autograd gradient, tangent>,
+    torch.func.grad gives autograd's gradient, vmap gives the per-sample losses."""
+    from torch.autograd import forward_ad as fwAD
+
+    _, dev = backend_device
+    (p, xt, x0), sig, w = _inputs((2, 3, 6, 5), dev, torch.float64, grad=False)
+    t = torch.randn_like(p)
+    for bw in ((1.0, 2.0, 0.5, 3.0), None):                  # a transform, and the Parseval shortcut
+
+        def f(p):
+            return wavelet_loss(p, xt, x0, sig, w, levels=2, band_weights=bw)
+
+        pr = p.clone().requires_grad_(True)
+        g = torch.autograd.grad(f(pr), pr)[0]
+        value, tangent = torch.func.jvp(f, (p,), (t,))
+        _close(value, f(p), 1e-12, what="jvp value")
+        _close(tangent, (g * t).sum(), 1e-12, what="jvp tangent")
+        _close(torch.func.grad(f)(p), g, 1e-12, what="func.grad")
+        with fwAD.dual_level():
+            out = f(fwAD.make_dual(p, t))
+            _close(fwAD.unpack_dual(out).tangent, (g * t).sum(), 1e-12, what="forward AD")
+        per_sample = torch.func.vmap(lambda a, b, c, s: wavelet_loss(a[None], b[None], c[None], s[None],
+                                                                     levels=2, band_weights=bw))(p, xt, x0, sig)
+        _close(per_sample, wavelet_loss(p, xt, x0, sig, levels=2, band_weights=bw, reduction="none"), 1e-12,
+               what="vmap")
+
+
 def test_bad_inputs():
     x = torch.randn(2, 3, 4, 4)
     s = torch.rand(2)
