@@ -110,8 +110,8 @@ def test_reference_matches_pywt(seed):
         close(ref.idwt2_ref(rl, rh, (H, W)), x, what="ref roundtrip")
 
 
-def test_spec_example(backend_device):
-    """SPEC.md: [[1, 2], [3, 5]] -> LL 5.5, LH -2.5, HL -1.5, HH 0.5."""
+def test_worked_example(backend_device):
+    """docs/ops.md, Haar DWT / IDWT: [[1, 2], [3, 5]] -> LL 5.5, LH -2.5, HL -1.5, HH 0.5."""
     _, dev = backend_device
     x = torch.tensor([[1.0, 2.0], [3.0, 5.0]], device=dev)
     yl, yh = d4k_kernels.dwt2(x)
