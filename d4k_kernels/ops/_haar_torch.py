@@ -93,22 +93,30 @@ def pair_sums(x: torch.Tensor, y: torch.Tensor, out: Optional[Tuple[torch.Tensor
     return torch.add(x, y, out=out[0]), torch.sub(x, y, out=out[1])
 
 
-def dwt_level(x: torch.Tensor, mode: str = "zero", functional: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
-    """One level: x (..., n_h, n_w) -> (LL (..., h, w), details (..., 3, h, w) = LH, HL, HH), in
-    x's dtype, h = ceil(n_h / 2), w = ceil(n_w / 2); an odd axis is padded first (:func:`pad_odd`)."""
+def dwt_level(x: torch.Tensor, mode: str = "zero", functional: bool = False,
+              out_dtype: Optional[torch.dtype] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One level: x (..., n_h, n_w) -> (LL (..., h, w) in x's dtype, details (..., 3, h, w) = LH, HL,
+    HH in ``out_dtype`` (default x's)), h = ceil(n_h / 2), w = ceil(n_w / 2); an odd axis is padded
+    first (:func:`pad_odd`). The details are computed in x's dtype and rounded once."""
+    out_dtype = out_dtype or x.dtype
     x = pad_odd(x, mode)
     lead, h, w = x.shape[:-2], x.shape[-2] // 2, x.shape[-1] // 2
     x6 = x.unflatten(-1, (w, 2)).unflatten(-3, (h, 2))       # (..., h, 2, w, 2)
     s, d = pair_sums(x6.select(-3, 0), x6.select(-3, 1))     # rows: both columns of each pair in one op
     (s0, s1), (d0, d1) = s.unbind(-1), d.unbind(-1)          # then the columns
-    if functional:
+    if functional or out_dtype != x.dtype:
         ll, hl = pair_sums(s0, s1)
         lh, hh = pair_sums(d0, d1)
-        return ll * 0.5, torch.stack((lh, hl, hh), dim=-3) * 0.5
+        if functional:
+            return ll * 0.5, (torch.stack((lh, hl, hh), dim=-3) * 0.5).to(out_dtype)
+        yh = torch.empty(lead + (3, h, w), dtype=out_dtype, device=x.device)
+        for dst, band in zip(yh.unbind(-3), (lh, hl, hh)):
+            dst.copy_(band.mul_(0.5))
+        return ll.mul_(0.5), yh
     ll = torch.empty(lead + (h, w), dtype=x.dtype, device=x.device)
     yh = torch.empty(lead + (3, h, w), dtype=x.dtype, device=x.device)
     o_lh, o_hl, o_hh = yh.unbind(-3)
-    pair_sums(s0, s1, out=(ll, o_hl))
+    pair_sums(s0, s1, out=(ll, o_hl))                        # straight into the output buffers
     pair_sums(d0, d1, out=(o_lh, o_hh))
     return ll.mul_(0.5), yh.mul_(0.5)
 
@@ -144,9 +152,10 @@ def dwt(x: torch.Tensor, levels: int, mode: str, ext=None, functional: bool = Fa
     for _ in range(levels):
         if ext is not None:
             cur, d = ext.dwt_level(cur.contiguous(), MODE_ID[mode])
+            d = d.to(x.dtype)
         else:
-            cur, d = dwt_level(cur, mode, functional)
-        yh.append(d.to(x.dtype))
+            cur, d = dwt_level(cur, mode, functional, x.dtype)
+        yh.append(d)
     return [cur.to(x.dtype)] + yh
 
 
