@@ -34,7 +34,8 @@ def _flux_pipeline_statics():
         from diffusers import FluxPipeline
 
         return FluxPipeline._pack_latents, FluxPipeline._unpack_latents, FluxPipeline._prepare_latent_image_ids
-    except Exception:  # transformers not installed: take the static methods from the source file
+    except (ImportError, RuntimeError):  # transformers missing (diffusers' lazy import raises either)
+        # take the static methods from the source file
         spec = importlib.util.find_spec("diffusers.pipelines.flux.pipeline_flux")
         tree = ast.parse(open(spec.origin).read())
         cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "FluxPipeline")

@@ -41,7 +41,6 @@ def _group_cases(shape, dtype, device, quick: bool, extra: bool = False) -> List
     from ..reference.wavelet_loss import plain_torch_formula, released_formula
 
     pred, xt, x0, sig, w = wlf_inputs(shape, dtype, device)
-    N = shape[0]
 
     def fwd_bwd(fn):
         def run():
