@@ -28,24 +28,21 @@ __all__ = ["route", "OP", "COMPOSITE", "AUTOGRAD", "DIRECT"]
 OP, COMPOSITE, AUTOGRAD, DIRECT = "op", "composite", "autograd", "direct"
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
-_EAGER_DEVICES = ("cpu", "cuda")
-_peek_functorch = getattr(getattr(torch._C, "_functorch", None), "peek_interpreter_stack", None)
+_peek_functorch = getattr(getattr(torch._C, "_functorch", None), "peek_interpreter_stack", lambda: None)
 
 
 def route(*tensors: Optional[torch.Tensor]) -> str:
     """``"op"``, ``"composite"``, ``"autograd"`` or ``"direct"`` for a call on ``tensors`` (None
-    entries are skipped); see the module docstring."""
+    entries are skipped); see the module docstring. About 1 us of host time."""
     if torch.compiler.is_compiling():
         return OP
-    if getattr(forward_ad, "_current_level", -1) >= 0:
-        return COMPOSITE
-    if _peek_functorch is not None and _peek_functorch() is not None:
+    if getattr(forward_ad, "_current_level", -1) >= 0 or _peek_functorch() is not None:
         return COMPOSITE
     grad = False
     for t in tensors:
         if t is None:
             continue
-        if type(t) not in _PLAIN or t.device.type not in _EAGER_DEVICES:
+        if t.__class__ not in _PLAIN or not (t.is_cpu or t.is_cuda):
             return OP
         grad = grad or t.requires_grad
     return AUTOGRAD if grad and torch.is_grad_enabled() else DIRECT
