@@ -104,18 +104,18 @@ def dwt_level(x: torch.Tensor, mode: str = "zero", functional: bool = False,
     x6 = x.unflatten(-1, (w, 2)).unflatten(-3, (h, 2))       # (..., h, 2, w, 2)
     s, d = pair_sums(x6.select(-3, 0), x6.select(-3, 1))     # rows: both columns of each pair in one op
     (s0, s1), (d0, d1) = s.unbind(-1), d.unbind(-1)          # then the columns
-    if functional or out_dtype != x.dtype:
+    if functional:
         ll, hl = pair_sums(s0, s1)
         lh, hh = pair_sums(d0, d1)
-        if functional:
-            return ll * 0.5, (torch.stack((lh, hl, hh), dim=-3) * 0.5).to(out_dtype)
-        yh = torch.empty(lead + (3, h, w), dtype=out_dtype, device=x.device)
-        for dst, band in zip(yh.unbind(-3), (lh, hl, hh)):
-            dst.copy_(band.mul_(0.5))
-        return ll.mul_(0.5), yh
-    ll = torch.empty(lead + (h, w), dtype=x.dtype, device=x.device)
-    yh = torch.empty(lead + (3, h, w), dtype=x.dtype, device=x.device)
+        return ll * 0.5, (torch.stack((lh, hl, hh), dim=-3) * 0.5).to(out_dtype)
+    yh = torch.empty(lead + (3, h, w), dtype=out_dtype, device=x.device)
     o_lh, o_hl, o_hh = yh.unbind(-3)
+    if out_dtype != x.dtype:   # each band in x's dtype, rounded into the output as soon as it exists
+        o_lh.copy_((d0 + d1).mul_(0.5))
+        o_hl.copy_((s0 - s1).mul_(0.5))
+        o_hh.copy_((d0 - d1).mul_(0.5))
+        return (s0 + s1).mul_(0.5), yh
+    ll = torch.empty(lead + (h, w), dtype=x.dtype, device=x.device)
     pair_sums(s0, s1, out=(ll, o_hl))                        # straight into the output buffers
     pair_sums(d0, d1, out=(o_lh, o_hh))
     return ll.mul_(0.5), yh.mul_(0.5)
