@@ -6,7 +6,6 @@ fwd+bwd (host time per op, kernel time per kernel), and the same for wavelet_los
 bench/gpu_check.sh (D4K_GPU_PROFILE=1)."""
 import torch
 import triton
-import triton.language as tl
 from triton.testing import do_bench
 
 from d4k_kernels import wavelet_loss, wavelet_loss_and_grad

@@ -1,7 +1,7 @@
 // One level of the 2-D Haar DWT / IDWT on the CPU (the "cpu" backend of d4k_kernels.ops.haar).
 //
 // Block [[a, b], [c, d]] -> LL = (a+b+c+d)/2, LH = (a+b-c-d)/2, HL = (a-b+c-d)/2, HH = (a-b-c+d)/2
-// (pytorch_wavelets naming; SPEC.md section 1). One pass over the input, OpenMP over output rows
+// (pytorch_wavelets naming; docs/ops.md, Haar DWT / IDWT). One pass over the input, OpenMP over output rows
 // (at::parallel_for), accumulation in the input's floating type (float or double; the Python side
 // converts bf16/fp16 to float first). Odd sizes: the missing last row/column is 0 (zero mode), a copy
 // of row/column n-1 (symmetric, periodization) or of n-2 (reflect) -- chosen by `pad`.

@@ -11,9 +11,12 @@ from conftest import fake_extensions
 
 import d4k_kernels
 from d4k_kernels import backend, settings
-from d4k_kernels.ops import haar
+from d4k_kernels.ops import _haar_torch, haar
 from d4k_kernels.reference import haar as ref
 from d4k_kernels.reference.peers import import_pytorch_wavelets
+
+if backend.HAS_TRITON:
+    from d4k_kernels.ops import _haar_triton
 
 pywt = pytest.importorskip("pywt")
 
@@ -107,8 +110,8 @@ def test_reference_matches_pywt(seed):
         close(ref.idwt2_ref(rl, rh, (H, W)), x, what="ref roundtrip")
 
 
-def test_spec_example(backend_device):
-    """SPEC.md: [[1, 2], [3, 5]] -> LL 5.5, LH -2.5, HL -1.5, HH 0.5."""
+def test_worked_example(backend_device):
+    """docs/ops.md, Haar DWT / IDWT: [[1, 2], [3, 5]] -> LL 5.5, LH -2.5, HL -1.5, HH 0.5."""
     _, dev = backend_device
     x = torch.tensor([[1.0, 2.0], [3.0, 5.0]], device=dev)
     yl, yh = d4k_kernels.dwt2(x)
@@ -134,10 +137,12 @@ def test_multi_group_plan(backend_device, seed):
     """More levels than one launch carries (64x64, J=6 -> groups of 5 + 1) and odd sizes that
     split the plan; the plan itself is checked too."""
     _, dev = backend_device
-    assert haar._plan(haar._chain(512, 3), haar._chain(512, 3)) == [(0, 3)]
-    assert haar._plan(haar._chain(512, 9), haar._chain(512, 9)) == [(0, 5), (5, 4)]
-    assert haar._plan(haar._chain(4095, 3), haar._chain(4096, 3)) == [(0, 3)]   # 4095 -> 2048 -> 1024
-    assert haar._plan(haar._chain(20, 3), haar._chain(20, 3)) == [(0, 2), (2, 1)]  # 20 -> 10 -> 5 (odd) -> 3
+    if backend.HAS_TRITON:
+        plan, chain = _haar_triton.plan, _haar_torch.chain
+        assert plan(chain(512, 3), chain(512, 3)) == [(0, 3)]
+        assert plan(chain(512, 9), chain(512, 9)) == [(0, 5), (5, 4)]
+        assert plan(chain(4095, 3), chain(4096, 3)) == [(0, 3)]   # 4095 -> 2048 -> 1024
+        assert plan(chain(20, 3), chain(20, 3)) == [(0, 2), (2, 1)]  # 20 -> 10 -> 5 (odd) -> 3
     for (H, W, J), mode in [((64, 64, 6), "zero"), ((20, 40, 3), "reflect"), ((13, 50, 4), "symmetric")]:
         x = torch.randn(1, 2, H, W, dtype=torch.float64, device=dev)
         if True:
@@ -316,6 +321,34 @@ def test_torch_func_transforms_and_forward_ad(seed):
 
 
 # ---------------------------------------------------------------------------------------------
+# the registered ops
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("impl", ["cpp", "torch", "triton"])
+def test_opcheck(monkeypatch, seed, impl, dtype):
+    """torch.library.opcheck (schema, fake, autograd registration, AOT dispatch) of d4k::haar_dwt2
+    and d4k::haar_idwt2 on each implementation, from non-contiguous odd-sized inputs, in every fold
+    of the inverse."""
+    if impl == "triton" and not (backend.HAS_TRITON and backend.interpreter_enabled()):
+        pytest.skip("needs the Triton interpreter")
+    if impl == "cpp" and backend.extension("haar") is None:
+        pytest.skip("compiled CPU levels unavailable")
+    if impl == "torch":
+        fake_extensions(monkeypatch, haar=None)
+    x = torch.randn(2, 3, 7, 10, dtype=torch.float64).to(dtype).transpose(-1, -2)     # (2, 3, 10, 7)
+    assert not x.is_contiguous()
+    with backend.prefer("triton" if impl == "triton" else "cpu"):
+        assert backend.choose("haar_dwt2", x) == impl
+        for mode in ("zero", "reflect"):
+            torch.library.opcheck(torch.ops.d4k.haar_dwt2.default, (x.clone().requires_grad_(True), 2, mode))
+        yl, *yh = torch.ops.d4k.haar_dwt2(x, 2, "zero")
+        yl = yl.transpose(-1, -2).contiguous().transpose(-1, -2).requires_grad_(True)   # strided low-pass
+        yh = [d.clone().requires_grad_(True) for d in yh]
+        for fold in ("crop", "edge", "reflect"):
+            torch.library.opcheck(torch.ops.d4k.haar_idwt2.default, (yl, yh, 10, 7, fold))
+
+
+# ---------------------------------------------------------------------------------------------
 # torch.compile (CPU path)
 # ---------------------------------------------------------------------------------------------
 def test_torch_compile_fullgraph(seed):
@@ -456,7 +489,7 @@ def test_offsets_are_int64():
         plane = tl.program_id(0) + 5
         rows = tl.arange(0, 4) + 3
         cols = tl.arange(0, 4) * 0 + 2
-        tl.store(out_ptr + tl.arange(0, 4), haar._offset3(plane, rows, cols, s_plane, s_row, s_col))
+        tl.store(out_ptr + tl.arange(0, 4), _haar_triton._offset3(plane, rows, cols, s_plane, s_row, s_col))
 
     out = torch.zeros(4, dtype=torch.int64)
     sp, sr, sc = 2**30, 2**30 + 7, 2**30 - 3
@@ -470,11 +503,11 @@ import triton, triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from d4k_kernels import settings
-from d4k_kernels.ops import haar
-for kern, levels in [(haar._haar_fwd_kernel, 1), (haar._haar_fwd_kernel, 3), (haar._haar_inv_kernel, 2)]:
+from d4k_kernels.ops import _haar_triton as kt
+for kern, levels in [(kt._haar_fwd_kernel, 1), (kt._haar_fwd_kernel, 3), (kt._haar_inv_kernel, 2)]:
     names = kern.arg_names
     const = {"LEVELS": levels, "MODE": 1, "ACC": tl.float32}
-    const["BR"], const["BC"] = haar._tiles(levels, settings.current().haar_tile)
+    const["BR"], const["BC"] = kt._tiles(levels, settings.current().haar_tile)
     sig = {n: "constexpr" if n in const else ("*bf16" if n.endswith("_ptr") else "i32") for n in names}
     consts = {(names.index(n),): v for n, v in const.items() if n in names}
     k = triton.compile(ASTSource(fn=kern, signature=sig, constexprs=consts),

@@ -1,8 +1,9 @@
-"""Benchmark cases for the Haar DWT / IDWT (issue 2): d4k beside pytorch_wavelets, ptwt (fp32
+"""Benchmark cases for the Haar DWT / IDWT (ops/haar.py): d4k beside pytorch_wavelets, ptwt (fp32
 only), plain torch and (on CUDA) plain torch under torch.compile.
 
-CUDA: the issue's 4K table. CPU: (1, 16, 512, 512) fp32, J=1 and J=3, and the J=1 inverse
-(d4k runs its "cpu" path there). quick: (1, 4, 64, 64) fp32 and no torch.compile peers.
+CUDA (``CUDA_SHAPES``): 4K latent batches in bf16 at J = 1 and 3, an fp32 4096^2 image, one latent,
+and the J = 1 inverse. CPU: (1, 16, 512, 512) fp32, J=1 and J=3, and the J=1 inverse (d4k runs its
+"cpu" path there). quick: (1, 4, 64, 64) fp32 and no torch.compile peers.
 bytes_moved = the input read once + every output written once.
 """
 from __future__ import annotations

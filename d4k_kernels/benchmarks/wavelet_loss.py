@@ -7,7 +7,7 @@ returns the same loss and gradient from ``wavelet_loss_and_grad`` (fused pass + 
 Peers: the released script formula with pytorch_wavelets ("pytorch_wavelets"), the same math with
 the DWT by slicing ("torch") and that under torch.compile ("torch.compile").
 
-CUDA: (4,16,512,512), (1,16,512,512), (4,16,256,256) bf16 (issue 3), plus d4k with levels=2 and
+CUDA: (4,16,512,512), (1,16,512,512), (4,16,256,256) bf16 (4K latent batches), plus d4k with levels=2 and
       per-band weights on the first shape.
 CPU:  (1,16,128,128) fp32.
 quick: (1,4,16,16) fp32, no torch.compile peers.
@@ -41,7 +41,6 @@ def _group_cases(shape, dtype, device, quick: bool, extra: bool = False) -> List
     from ..reference.wavelet_loss import plain_torch_formula, released_formula
 
     pred, xt, x0, sig, w = wlf_inputs(shape, dtype, device)
-    N = shape[0]
 
     def fwd_bwd(fn):
         def run():

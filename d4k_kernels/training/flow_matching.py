@@ -25,7 +25,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from .._checks import check_choice, check_int, check_tensor
-from ..ops.wavelet_loss import MAX_LEVELS, _norm_weights, wavelet_loss, wavelet_mse
+from ..ops.wavelet_loss import MAX_LEVELS, expand_band_weights, wavelet_loss, wavelet_mse
 
 __all__ = [
     "FlowMatchingWLFStep",
@@ -149,7 +149,7 @@ class FlowMatchingWLFStep:
         self.logit_mean, self.logit_std, self.mode_scale = logit_mean, logit_std, mode_scale
         self.guidance_scale = guidance_scale
         check_int(levels, "levels", lo=1, hi=MAX_LEVELS)
-        _norm_weights(band_weights, levels)  # bad band weights fail here, not at the first step
+        expand_band_weights(band_weights, levels)  # bad band weights fail here, not at the first step
         self.levels, self.band_weights, self.loss = levels, band_weights, loss
 
     # -- pieces, usable on their own --------------------------------------------------------
