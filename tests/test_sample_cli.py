@@ -201,3 +201,15 @@ def test_console_script_prints_one_line(tmp_path):
                        capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=300)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("d4k sample: error: --model")
+
+
+def test_example_sample_4k(flux_dir, tmp_path, capsys):
+    """examples/sample_4k.py as its docstring runs it on a tiny pipeline."""
+    import runpy
+
+    main_fn = runpy.run_path(os.path.join(REPO, "examples", "sample_4k.py"))["main"]
+    out = tmp_path / "x.jpg"
+    image = main_fn(["--model", str(flux_dir), "--size", "64", "--steps", "2", "--out", str(out)])
+    assert image.size == (64, 64) and f"{out}: 64x64" in capsys.readouterr().out
+    with Image.open(out) as im:
+        assert im.size == (64, 64)
