@@ -160,8 +160,9 @@ def patch_pipeline(pipe, *, max_memory: Union[int, str, None] = None, tile: Opti
     ``max_memory`` ("8GiB", bytes; default 8 GiB or the free memory) or ``tile`` (latent pixels) size
     the exact tiled decode; ``exact_decode=False`` leaves the VAE's decode as it is. ``progress``: the
     tiled decode's tqdm bar (None: on a terminal when there are several tiles). Calling it again
-    replaces the earlier patch. Raises TypeError for another pipeline class and ValueError when the
-    VAE and the transformer do not belong together."""
+    replaces the earlier patch. Raises, before it changes anything, TypeError for another pipeline
+    class and ValueError when the VAE and the transformer do not belong together or the VAE is an
+    SC-VAE loaded as a plain AutoencoderKL."""
     kind = _kind(pipe)
     if not isinstance(exact_decode, bool):
         raise TypeError(f"exact_decode must be True or False, got {exact_decode!r}")
