@@ -18,6 +18,7 @@ from typing import List, Optional
 SUBCOMMANDS = (
     "d4k_kernels.benchmarks.cli",
     "d4k_kernels.metrics.cli",
+    "d4k_kernels.sampling.cli",
 )
 
 

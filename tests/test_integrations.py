@@ -164,3 +164,51 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="tile"):
         enable_exact_tiling(vae, tile=-1)
     assert not is_exact_tiling_enabled(vae)
+
+
+def test_load_pipeline(tmp_path):
+    """load_pipeline: the folder's VAE through load_vae (the SC-VAE class), another transformer from a
+    folder (or its transformer/ subfolder), a VAE module given, and clear errors."""
+    pytest.importorskip("transformers")
+    from tiny_pipelines import flux_pipeline, save_pipeline
+
+    from d4k_kernels.integrations.diffusers import load_pipeline
+
+    pipe = flux_pipeline()
+    folder = save_pipeline(pipe, tmp_path / "flux")
+    loaded = load_pipeline(folder, torch_dtype=torch.float64)
+    assert type(loaded.vae) is SCAutoencoderKL and loaded.vae.dtype == torch.float64
+    assert loaded.transformer.dtype == torch.float64
+    other = flux_pipeline(seed=1).transformer
+    other.save_pretrained(tmp_path / "ft" / "transformer")
+    for where in (tmp_path / "ft", tmp_path / "ft" / "transformer"):
+        got = load_pipeline(folder, transformer=where, vae=pipe.vae).transformer
+        assert all(torch.equal(a, b) for a, b in zip(got.state_dict().values(), other.state_dict().values()))
+    assert load_pipeline(folder, vae=pipe.vae).vae is pipe.vae
+    with pytest.raises(FileNotFoundError, match="no such pipeline folder"):
+        load_pipeline(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="no model_index.json"):
+        load_pipeline(tmp_path / "ft")
+    with pytest.raises(FileNotFoundError, match="no transformer config.json"):
+        load_pipeline(folder, transformer=tmp_path)
+    index = json.loads((tmp_path / "flux" / "model_index.json").read_text())
+    (tmp_path / "sdxl").mkdir()
+    (tmp_path / "sdxl" / "model_index.json").write_text(json.dumps(dict(index, _class_name="StableDiffusionXLPipeline")))
+    with pytest.raises(ValueError, match="StableDiffusionXLPipeline; supported: FluxPipeline, StableDiffusion3Pipeline"):
+        load_pipeline(tmp_path / "sdxl")
+    (tmp_path / "novae").mkdir()
+    (tmp_path / "novae" / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(FileNotFoundError, match="has no vae/ folder"):
+        load_pipeline(tmp_path / "novae")
+
+
+def test_spatial_factor():
+    from d4k_kernels.integrations.diffusers import spatial_factor
+
+    assert spatial_factor(_vae()) == 2 and spatial_factor(_vae(SCAutoencoderKL, stride=2)) == 4
+    plain = _vae()
+    plain.register_to_config(stride=2)  # an SC-VAE config read by the plain class
+    with pytest.raises(ValueError, match="stride 2.*plain AutoencoderKL.*load_vae"):
+        spatial_factor(plain)
+    with pytest.raises(TypeError, match="Linear"):
+        spatial_factor(torch.nn.Linear(2, 2))
