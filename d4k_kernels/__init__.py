@@ -47,6 +47,10 @@ _EXPORTS = {
     "enable_exact_tiling": "d4k_kernels.integrations.diffusers",
     "disable_exact_tiling": "d4k_kernels.integrations.diffusers",
     "load_vae": "d4k_kernels.integrations.diffusers",
+    # diffusers pipelines at 4K (integrations/diffusers/pipeline.py, loading.py)
+    "patch_pipeline": "d4k_kernels.integrations.diffusers",
+    "unpatch_pipeline": "d4k_kernels.integrations.diffusers",
+    "load_pipeline": "d4k_kernels.integrations.diffusers",
 }
 
 __all__ = sorted(_EXPORTS) + ["backend", "settings", "__version__"]

@@ -2,6 +2,7 @@
 
     d4k bench [--op haar] [--device auto|cuda|cpu] [--quick]   time the ops beside their peers
     d4k eval DIR [--size 2048] ...                            GLCM Score and Compression Ratio
+    d4k sample --model DIR --prompt TEXT ...                  4K images from a Flux / SD3 pipeline
 
 ``python -m d4k_kernels.cli`` runs the same command.
 """
@@ -67,4 +68,7 @@ def console_main() -> None:
 
 
 if __name__ == "__main__":
-    console_main()
+    # run the package's module, not this __main__ copy: the subcommands raise d4k_kernels.cli.UsageError
+    from d4k_kernels.cli import console_main as _console_main
+
+    _console_main()

@@ -179,6 +179,29 @@ def test_gradient_takes_the_differentiable_path(backend_device, seed):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-10)
 
 
+def test_first_use_self_check_falls_back_once(monkeypatch):
+    """A kernel that disagrees with the torch path (or fails to compile) for a configuration warns once
+    and is not used for it again; a correct one passes. Checked with stand-in kernels on the CPU."""
+    import warnings
+
+    monkeypatch.setattr(attention_mod, "_CHECKED", {})
+    dev = torch.device("cpu")
+    good = lambda q, k, v, s: attention_mod._attention_torch(q, k, v, s)  # noqa: E731
+    bad = lambda q, k, v, s: good(q, k, v, s) + 0.1  # noqa: E731
+
+    def broken(q, k, v, s):
+        raise RuntimeError("PassManager::run failed")
+
+    assert attention_mod.self_check(dev, torch.float32, 64, kernel=good)
+    with pytest.warns(RuntimeWarning, match=r"first-use check.*head dim 128: max abs error 0\.1"):
+        assert not attention_mod.self_check(dev, torch.float32, 128, kernel=bad)
+    with pytest.warns(RuntimeWarning, match="PassManager::run failed"):
+        assert not attention_mod.self_check(dev, torch.bfloat16, 64, kernel=broken)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # remembered: no second check, no second warning
+        assert not attention_mod.self_check(dev, torch.float32, 128, kernel=good)
+
+
 def test_opcheck(backend_device, seed):
     """torch.library.opcheck: schema, fake tensor, autograd registration, AOT dispatch."""
     _, dev = backend_device
@@ -396,6 +419,26 @@ def test_tiled_decoder_runs_its_mid_block_through_the_processor(monkeypatch, see
     assert isinstance(vae.decoder.mid_block.attentions[0].processor, AttnProcessor2_0)
     _close(tiled_decode(vae, z, tile=5, progress=False, use_kernels=False), ref)
     assert len(calls) == 1
+
+
+def test_exact_tiling_single_tile_runs_the_processor_with_the_kernels(monkeypatch, seed):
+    """enable_exact_tiling's one-tile shortcut (the class's own decode) runs the mid-block attention
+    through the d4k op exactly when the tiled decode would (use_kernels), restoring the processor after."""
+    from d4k_kernels.integrations.diffusers import enable_exact_tiling
+
+    vae = _vae()
+    z = torch.randn(1, 4, 6, 5)
+    with torch.no_grad():
+        ref = vae.decode(z).sample
+    calls = []
+    real = vae_attention.attention
+    monkeypatch.setattr(vae_attention, "attention", lambda q, k, v: calls.append(tuple(q.shape)) or real(q, k, v))
+    for use_kernels, n in ((True, 1), (False, 1)):
+        enable_exact_tiling(vae, tile=64, use_kernels=use_kernels, progress=False)
+        with torch.no_grad(), backend.prefer("cpu"):
+            _close(vae.decode(z).sample, ref)
+        assert len(calls) == n
+        assert isinstance(vae.decoder.mid_block.attentions[0].processor, AttnProcessor2_0)
 
 
 @pytest.mark.cuda

@@ -23,7 +23,7 @@ import torch
 
 from .._util import resolve_device
 
-FAMILIES = ("haar", "wavelet_loss", "glcm", "upconv", "vae", "attention")
+FAMILIES = ("haar", "wavelet_loss", "glcm", "upconv", "vae", "attention", "pipeline")
 
 
 @dataclasses.dataclass

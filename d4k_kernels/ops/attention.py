@@ -71,10 +71,48 @@ def _attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
     return torch.cat(parts, dim=2)
 
 
+# First use of the Triton kernel for a (device, dtype, head dim) on a GPU: it is checked once against the
+# torch path on a small random problem (ragged sizes, so every edge mask runs). A kernel that fails to
+# compile or disagrees warns once and that configuration runs the torch path from then on: a new GPU,
+# driver or Triton version never gives a silently wrong decode.
+_CHECKED: dict = {}
+_SELF_CHECK_TOL = {torch.float32: 2e-3, torch.bfloat16: 3e-2, torch.float16: 5e-3}
+
+
+def self_check(device: torch.device, dtype: torch.dtype, head_dim: int, kernel=None) -> bool:
+    """Whether ``kernel`` (default: the Triton kernel) agrees with the torch path for this configuration,
+    checked once per (device, dtype, head dim) and remembered; warns once when it does not."""
+    key = (str(device), dtype, head_dim)
+    ok = _CHECKED.get(key)
+    if ok is not None:
+        return ok
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    q, k, v = (torch.randn(1, 2, n, head_dim, generator=gen).to(device=device, dtype=dtype) for n in (77, 131, 131))
+    why = ""
+    try:
+        got = (kernel or attention_triton)(q, k, v, 1.0 / math.sqrt(head_dim)).float()
+        want = _attention_torch(q.float(), k.float(), v.float(), 1.0 / math.sqrt(head_dim))
+        err = (got - want).abs().max().item()
+        ok = math.isfinite(err) and err <= _SELF_CHECK_TOL.get(dtype, 1e-6)
+        if not ok:
+            why = f"max abs error {err:.3g} against the torch path"
+    except (RuntimeError, ValueError) as e:  # a compile / launch failure (triton raises RuntimeError subclasses)
+        ok, why = False, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+    if not ok:
+        import warnings
+
+        warnings.warn(f"d4k attention: the Triton kernel failed its first-use check on {device} "
+                      f"({str(dtype).replace('torch.', '')}, head dim {head_dim}: {why}); this configuration "
+                      "runs torch's scaled_dot_product_attention instead", RuntimeWarning, stacklevel=3)
+    _CHECKED[key] = ok
+    return ok
+
+
 @torch.library.custom_op("d4k::attention", mutates_args=())
 def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
     if q.shape[3] <= MAX_HEAD_DIM and backend.choose("attention", q) == "triton":
-        return attention_triton(q, k, v, scale)
+        if q.device.type != "cuda" or self_check(q.device, q.dtype, q.shape[3]):
+            return attention_triton(q, k, v, scale)
     return _attention_torch(q, k, v, scale)
 
 

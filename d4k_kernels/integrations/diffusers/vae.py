@@ -19,7 +19,9 @@ from typing import Optional, Union
 import torch
 import torch.nn as nn
 
+from ...vae.attention import fast_vae_attention
 from ...vae.tiling import ExactTiledDecoder
+from ...vae.tiling.ops import get_ops
 
 __all__ = ["enable_exact_tiling", "disable_exact_tiling", "is_exact_tiling_enabled", "tiling_state",
            "restore_tiling_state"]
@@ -33,8 +35,11 @@ def _exact_decode(self, z: torch.Tensor, return_dict: bool = True):
     tiler: ExactTiledDecoder = getattr(self, _ATTR)
     plan = tiler.plan(z)
     if plan.n_tiles == 1 and not self.use_tiling:
-        # one tile: the class's untiled decode is the same computation, without the bookkeeping
-        dec = type(self)._decode(self, z, return_dict=True).sample
+        # one tile: the class's untiled decode is the same computation, without the bookkeeping; its
+        # mid-block attention runs the d4k kernel where the tiled decode would (use_kernels, on CUDA)
+        kernels = get_ops(z.device, tiler.use_kernels).name == "d4k"
+        with fast_vae_attention(self.decoder.mid_block, enabled=kernels):
+            dec = type(self)._decode(self, z, return_dict=True).sample
     else:
         dec = tiler(z, plan=plan)
     if not return_dict:
